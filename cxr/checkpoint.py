@@ -1,0 +1,55 @@
+"""The model checkpoint: weights plus everything evaluation and prediction need to rebuild it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxr.atomic import atomic_path
+from cxr.models import build_model
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds the network and its input pipeline, independent of params.yaml."""
+
+    arch: str
+    classes: tuple[str, ...]
+    task: str
+    hidden: tuple[int, ...]
+    dropout: float
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def build(self) -> nn.Module:
+        return build_model(self.arch, len(self.classes), self.hidden, self.dropout, self.image_size)
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, spec: ModelSpec, **extra) -> None:
+    """Write weights (on the CPU) and spec atomically: a crash leaves the previous file intact."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT_VERSION, "spec": asdict(spec), "model": state, **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild the model from a checkpoint; return (model in eval mode, spec, whole payload)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` first")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, expected {FORMAT_VERSION}")
+    raw = payload["spec"]
+    spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    model = spec.build()
+    model.load_state_dict(payload["model"])
+    model.eval()
+    return model, spec, payload

@@ -1,0 +1,132 @@
+"""Typed, validated view of params.yaml: the one place parameters are read."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+ARCHS = ("resnet18", "vgg16")
+TASK_CLASSES = {
+    "binary": ("infected", "normal"),
+    "multiclass": ("covid", "pneumonia", "normal"),
+}
+
+
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float, as YAML 1.2 and DVC's `-S` do (PyYAML: a string)."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?(?:[eE][-+]?\d+)$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"),
+    list("-+0123456789."),
+)
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or holds a bad value; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class DemoConfig(_Section):
+    image_size: Annotated[int, Field(ge=32, le=4096)]
+    train_per_class: PositiveInt
+    val_per_class: PositiveInt
+    test_per_class: PositiveInt
+    difficulty: UnitFloat
+
+
+class DataConfig(_Section):
+    source: Literal["demo"]
+    task: Literal["binary", "multiclass"]
+    demo: DemoConfig
+
+
+class VerifyConfig(_Section):
+    min_per_class: PositiveInt
+
+
+class HeadConfig(_Section):
+    hidden: list[PositiveInt]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class TrainConfig(_Section):
+    arch: Literal[ARCHS]  # type: ignore[valid-type]
+    weights: str
+    image_size: Annotated[int, Field(ge=32, le=1024)]
+    freeze: Literal["none", "backbone"]
+    head: HeadConfig
+    lr: Annotated[float, Field(gt=0.0, le=10.0)]
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    batch_size: PositiveInt
+    epochs: PositiveInt
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_choice(cls, value: str) -> str:
+        if value in ("none", "imagenet") or value.endswith((".pt", ".pth", ".bin")):
+            return value
+        raise ValueError("must be 'none', 'imagenet' or a path to a state-dict file ending in .pt/.pth/.bin")
+
+
+class EvaluateConfig(_Section):
+    batch_size: PositiveInt
+    grid_images: Annotated[int, Field(ge=0, le=64)]
+
+
+class Params(_Section):
+    seed: Annotated[int, Field(ge=0)]
+    data: DataConfig
+    verify: VerifyConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key; remove it or check its spelling"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"]
+    if error["type"] == "literal_error":
+        message = message.replace("Input should be", "allowed values are")
+    return f"{key}: {value!r} is not valid: {message}"
+
+
+def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
+    """Validate a parsed params mapping; raise ConfigError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source}: invalid parameters:\n  {lines}") from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml (or another file with the same layout)."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Yaml12FloatLoader)  # noqa: S506 (a SafeLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run stages from the repository root") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,10 @@
+"""Where each stage reads and writes, relative to the repository root (dvc.yaml names the same)."""
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+DATA_METRICS = Path("metrics/data.json")
+MODEL_PATH = Path("models/model.pt")
+TRAIN_LIVE_DIR = Path("metrics/train")
+TEST_METRICS = Path("metrics/test.json")
+EVAL_LIVE_DIR = Path("metrics/eval")

@@ -74,7 +74,7 @@ def load_pixels(split: Split, image_size: int) -> torch.Tensor:
     out = torch.empty((len(split.files), 3, image_size, image_size), dtype=torch.uint8)
     for i, path in enumerate(tqdm(split.files, desc=f"decode {split.name}", unit="img", mininterval=1.0)):
         img = open_rgb(path).resize((image_size, image_size), Image.BILINEAR)
-        out[i] = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)
+        out[i] = torch.from_numpy(np.array(img)).permute(2, 0, 1)
     return out
 
 

@@ -1,0 +1,55 @@
+"""An image grid of confident correct and wrong test predictions, as published reports show."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from cxr.images import open_rgb
+
+TILE = 160
+CAPTION = 34
+GREEN, RED = (40, 170, 60), (210, 40, 40)
+
+
+def pick_examples(labels: np.ndarray, probs: np.ndarray, per_kind: int) -> tuple[list[int], list[int]]:
+    """Indices of the most confident correct and the most confident wrong predictions."""
+    preds = probs.argmax(1)
+    confidence = probs.max(1)
+    order = np.argsort(-confidence, kind="stable")
+    correct = [int(i) for i in order if preds[i] == labels[i]][:per_kind]
+    wrong = [int(i) for i in order if preds[i] != labels[i]][:per_kind]
+    return correct, wrong
+
+
+def _tile(path: Path, caption: str, colour: tuple[int, int, int], font) -> Image.Image:
+    tile = Image.new("RGB", (TILE, TILE + CAPTION), "white")
+    tile.paste(open_rgb(path).resize((TILE - 6, TILE - 6), Image.BILINEAR), (3, 3))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle([0, 0, TILE - 1, TILE - 1], outline=colour, width=3)
+    draw.multiline_text((4, TILE + 2), caption, fill=colour, font=font, spacing=2)
+    return tile
+
+
+def prediction_grid(
+    files: Sequence[Path], labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], per_kind: int
+) -> Image.Image:
+    """Two rows: confident correct predictions (green) and confident wrong ones (red)."""
+    correct, wrong = pick_examples(labels, probs, per_kind)
+    font = ImageFont.load_default(size=12)
+    columns = max(len(correct), len(wrong), 1)
+    grid = Image.new("RGB", (columns * TILE, 2 * (TILE + CAPTION) + 40), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, (title, indices, colour) in enumerate(
+        (("correct (most confident)", correct, GREEN), ("wrong (most confident)", wrong, RED))
+    ):
+        y = row * (TILE + CAPTION + 20)
+        draw.text((4, y + 3), f"{title}: {len(indices)} shown" if indices else f"{title}: none", fill=colour, font=font)
+        for col, i in enumerate(indices):
+            pred = int(probs[i].argmax())
+            caption = f"true {classes[labels[i]]}\npred {classes[pred]} p={probs[i, pred]:.2f}"
+            grid.paste(_tile(files[i], caption, colour, font), (col * TILE, y + 20))
+    return grid

@@ -37,6 +37,8 @@ def main() -> None:
             live.log_sklearn_plot("roc", (labels == i).astype(int), probs[:, i], name=f"roc/{cls}.json")
         if params.grid_images:
             live.log_image("predictions.png", prediction_grid(test.files, labels, probs, spec.classes, params.grid_images))
+    # dvclive always writes a summary file; the test scores have their own, metrics/test.json
+    (EVAL_LIVE_DIR / "metrics.json").unlink(missing_ok=True)
     print(
         f"evaluate: test accuracy {scores['accuracy']:.4f}, macro F1 {scores['f1_macro']:.4f} "
         f"on {scores['n']} images -> {TEST_METRICS}"

@@ -16,9 +16,7 @@ def classification_scores(labels: np.ndarray, probs: np.ndarray, classes: Sequen
     """
     preds = probs.argmax(1)
     index = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=index, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=index, zero_division=0)
     per_class = {}
     for i, cls in enumerate(classes):
         one_vs_rest = labels == i

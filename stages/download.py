@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from cxr.atomic import atomic_dir
 from cxr.config import load_params
-from cxr.paths import RAW_DIR
 from cxr.demo_data import write_demo_dataset
+from cxr.paths import RAW_DIR
 
 
 def main() -> None:

@@ -36,7 +36,8 @@ def main() -> None:
         for i, cls in enumerate(spec.classes):
             live.log_sklearn_plot("roc", (labels == i).astype(int), probs[:, i], name=f"roc/{cls}.json")
         if params.grid_images:
-            live.log_image("predictions.png", prediction_grid(test.files, labels, probs, spec.classes, params.grid_images))
+            grid = prediction_grid(test.files, labels, probs, spec.classes, params.grid_images)
+            live.log_image("predictions.png", grid)
     # dvclive always writes a summary file; the test scores have their own, metrics/test.json
     (EVAL_LIVE_DIR / "metrics.json").unlink(missing_ok=True)
     print(

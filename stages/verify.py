@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+
 from cxr.atomic import write_json
 from cxr.config import load_params
-from cxr.paths import DATA_METRICS, RAW_DIR
 from cxr.images import DatasetError
+from cxr.paths import DATA_METRICS, RAW_DIR
 from cxr.verification import verify_splits
 
 

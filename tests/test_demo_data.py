@@ -1,0 +1,71 @@
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr.config import parse_params
+from cxr.demo_data import write_demo_dataset
+from cxr.phantoms import render_phantom
+from tests.conftest import tiny_params_dict
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.png")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_layout_and_counts(demo_root):
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
+        for cls in ("infected", "normal"):
+            files = sorted((demo_root / split / cls).glob("*.png"))
+            assert len(files) == n
+    with Image.open(next((demo_root / "train" / "normal").glob("*.png"))) as img:
+        assert img.size == (48, 48) and img.mode == "L"
+
+
+def test_same_params_give_identical_files(tmp_path, demo_root):
+    params = parse_params(tiny_params_dict())
+    again = tmp_path / "again"
+    write_demo_dataset(again, params.data, params.seed)
+    assert _digest(again) == _digest(demo_root)
+
+
+def test_seed_changes_the_images(tmp_path, demo_root):
+    raw = tiny_params_dict()
+    raw["seed"] = raw["seed"] + 1
+    params = parse_params(raw)
+    other = tmp_path / "other"
+    write_demo_dataset(other, params.data, params.seed)
+    assert _digest(other) != _digest(demo_root)
+
+
+def test_multiclass_task_writes_three_classes(tmp_path):
+    raw = tiny_params_dict()
+    raw["data"]["task"] = "multiclass"
+    params = parse_params(raw)
+    counts = write_demo_dataset(tmp_path / "raw", params.data, params.seed)
+    assert set(counts["train"]) == {"covid", "pneumonia", "normal"}
+    assert all(n == 12 for n in counts["train"].values())
+
+
+def _lower_lung_brightness(cls, difficulty, n=24):
+    """Mean brightness of the lower lung zones (where opacities sit) over n phantoms."""
+    values = []
+    for i in range(n):
+        img = render_phantom(cls, 128, difficulty, np.random.default_rng(i)).astype(float)
+        values.append(img[64:100, 20:50].mean() + img[64:100, 78:108].mean())
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("cls", ["infected", "pneumonia"])
+def test_lesions_brighten_the_lungs_and_fade_with_difficulty(cls):
+    # the same RNG seeds draw the same anatomy, so the difference is the lesion alone
+    normal = _lower_lung_brightness("normal", 0.0)
+    easy = _lower_lung_brightness(cls, 0.0) - normal
+    hard = _lower_lung_brightness(cls, 1.0) - _lower_lung_brightness("normal", 1.0)
+    assert easy > 3.0  # grey levels out of 255
+    assert 0 < hard < easy

@@ -1,0 +1,80 @@
+"""Atomic writes, checkpoints, test scores and the prediction grid."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from cxr.atomic import atomic_dir, write_json
+from cxr.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from cxr.gallery import pick_examples, prediction_grid
+from cxr.images import IMAGENET_MEAN, IMAGENET_STD, scan_split
+from cxr.metrics import classification_scores
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "m.json"
+    write_json(target, {"ok": 1})
+    with pytest.raises(TypeError):
+        write_json(target, {"bad": object()})
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_failed_folder_build_keeps_the_previous_folder(tmp_path):
+    target = tmp_path / "raw"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("half")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with atomic_dir(target) as tmp:
+        (tmp / "c.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["c.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_checkpoint_round_trip_predicts_the_same(tmp_path):
+    spec = ModelSpec("resnet18", ("a", "b", "c"), "multiclass", (8,), 0.1, 32, IMAGENET_MEAN, IMAGENET_STD)
+    model = spec.build().eval()
+    path = tmp_path / "models" / "model.pt"
+    save_checkpoint(path, model, spec, epoch=4)
+    loaded, loaded_spec, payload = load_checkpoint(path)
+    assert loaded_spec == spec and payload["epoch"] == 4
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x))
+
+
+def test_missing_checkpoint_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dvc repro train"):
+        load_checkpoint(tmp_path / "model.pt")
+
+
+def test_scores_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 50)
+    probs = rng.dirichlet(np.ones(3), 50)
+    scores = classification_scores(labels, probs, ["covid", "pneumonia", "normal"])
+    preds = probs.argmax(1)
+    assert scores["accuracy"] == pytest.approx((preds == labels).mean())
+    assert scores["f1_macro"] == pytest.approx(f1_score(labels, preds, average="macro"))
+    assert scores["per_class"]["pneumonia"]["f1"] == pytest.approx(f1_score(labels == 1, preds == 1))
+    matrix = np.array(scores["confusion_matrix"]["rows_true_cols_pred"])
+    assert matrix.sum() == 50 and matrix[0, 0] == ((labels == 0) & (preds == 0)).sum()
+    assert sum(c["support"] for c in scores["per_class"].values()) == 50
+
+
+def test_grid_shows_confident_right_and_wrong(demo_root):
+    split = scan_split(demo_root, "test")
+    labels = np.asarray(split.labels)
+    probs = np.tile([[0.9, 0.1]], (len(labels), 1))
+    probs[0] = [0.6, 0.4]
+    correct, wrong = pick_examples(labels, probs, 3)
+    assert all(labels[i] == 0 for i in correct) and all(labels[i] == 1 for i in wrong)
+    assert 0 not in correct  # less confident than the rest
+    image = prediction_grid(split.files, labels, probs, split.classes, 3)
+    assert image.width == 3 * 160 and image.height > 2 * 160

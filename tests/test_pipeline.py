@@ -1,0 +1,131 @@
+"""End to end: the real `dvc repro`, `dvc exp run`, `dvc metrics diff` and `dvc plots show`
+on a tiny demo set, in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_params_dict
+
+pytestmark = pytest.mark.slow
+
+
+def run(cwd, *args, check=True):
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{output}")
+    return proc.returncode, output
+
+
+def dvc(cwd, *args, check=True):
+    return run(cwd, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def set_param(repo, section, key, value):
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw[section][key] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + DVC repository holding the project's pipeline code and tiny params."""
+    root = tmp_path_factory.mktemp("pipeline")
+    for name in ("stages", "cxr"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    run(root, "git", "init", "-q")
+    dvc(root, "init", "-q")
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "pipeline")
+    return root
+
+
+def test_repro_builds_everything_then_nothing(repo):
+    _, out = dvc(repo, "repro")
+    for stage in ("download", "verify", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["train"] == {"total": 24, "infected": 12, "normal": 12}
+    test = json.loads((repo / "metrics/test.json").read_text())
+    assert test["n"] == 12 and 0.0 <= test["accuracy"] <= 1.0
+    assert set(test["per_class"]) == {"infected", "normal"}
+    summary = json.loads((repo / "metrics/train/metrics.json").read_text())
+    assert summary["trainable_params"] > 1_000_000 and summary["step"] == 1
+    assert (repo / "metrics/train/plots/metrics/val/f1.tsv").read_text().count("\n") == 3  # header + 2 epochs
+    assert (repo / "metrics/eval/plots/images/predictions.png").is_file()
+    assert (repo / "metrics/eval/plots/sklearn/roc/infected.json").is_file()
+    assert (repo / "models/model.pt").is_file()
+    assert not (repo / "metrics/eval/metrics.json").exists()
+
+    _, out = dvc(repo, "repro")
+    assert "Running stage" not in out
+    _, out = dvc(repo, "status")
+    assert "up to date" in out
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "baseline")
+
+
+def test_changing_lr_reruns_train_and_evaluate_only(repo):
+    set_param(repo, "train", "lr", 0.002)
+    _, out = dvc(repo, "repro")
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    assert "Running stage 'download'" not in out and "Running stage 'verify'" not in out
+    run(repo, "git", "checkout", "--", "params.yaml")
+    dvc(repo, "checkout", "-q")
+    dvc(repo, "repro")
+
+
+def test_experiments_metrics_diff_and_plots(repo, tmp_path):
+    _, out = dvc(repo, "exp", "run", "-S", "train.lr=0.0001")
+    assert "Running stage 'train'" in out and "Running stage 'download'" not in out
+    _, shown = dvc(repo, "exp", "show", "--json")
+    experiments = [
+        exp for row in json.loads(shown) for branch in (row.get("experiments") or []) for exp in branch["revs"]
+    ]
+    assert experiments, shown
+    data = experiments[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.0001
+    assert "accuracy" in data["metrics"]["metrics/test.json"]["data"]
+
+    _, diff = dvc(repo, "metrics", "diff", "--json")
+    changed = json.loads(diff)
+    assert "metrics/test.json" in changed and "metrics/train/metrics.json" in changed
+
+    out_dir = tmp_path / "plots"
+    dvc(repo, "plots", "show", "-o", str(out_dir))
+    page = (out_dir / "index.html").read_text()
+    for title in ("Loss", "Accuracy", "Test confusion matrix", "roc"):
+        assert title in page, title
+    assert list((out_dir / "static").glob("*predictions.png"))
+
+
+def test_bad_params_fail_before_any_work(repo):
+    before = (repo / "models/model.pt").read_bytes()
+    set_param(repo, "train", "arch", "resnet9000")
+    code, out = dvc(repo, "repro", check=False)
+    assert code != 0
+    assert "train.arch: 'resnet9000'" in out and "'resnet18' or 'vgg16'" in out
+    assert "Running stage 'download'" not in out
+    # DVC removes a stage's outs before running it; the last good checkpoint comes back from the cache
+    run(repo, "git", "checkout", "--", "params.yaml")
+    dvc(repo, "checkout", "-q")
+    assert (repo / "models/model.pt").read_bytes() == before

@@ -1,0 +1,24 @@
+"""The README's two set-up commands are the ones users and CI run."""
+
+import re
+
+from tests.conftest import REPO
+
+
+def setup_commands():
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block and text.index(block.group(0)) < 200, "README must start with the set-up commands"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_starts_with_exactly_two_commands():
+    commands = setup_commands()
+    assert len(commands) == 2
+    assert commands[0].endswith("dvc repro")
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (REPO / ".ci/run").read_text().splitlines()
+    assert setup_commands()[1] in ci

@@ -1,0 +1,61 @@
+import shutil
+
+import pytest
+
+from cxr.images import DatasetError, open_rgb, scan_split
+from cxr.verification import verify_splits
+
+
+def test_demo_set_passes_with_counts(demo_root):
+    counts = verify_splits(demo_root)
+    assert counts == {
+        "train": {"infected": 12, "normal": 12},
+        "val": {"infected": 6, "normal": 6},
+        "test": {"infected": 6, "normal": 6},
+    }
+
+
+def test_corrupt_file_is_named(demo_root):
+    bad = demo_root / "val" / "normal" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(DatasetError, match="broken.png: does not decode"):
+        verify_splits(demo_root)
+
+
+def test_class_sets_must_match(demo_root):
+    shutil.rmtree(demo_root / "test" / "infected")
+    with pytest.raises(DatasetError, match=r"test: classes \['normal'\] differ from train's"):
+        verify_splits(demo_root)
+
+
+def test_empty_class_and_missing_split(demo_root):
+    for png in (demo_root / "train" / "normal").glob("*.png"):
+        png.unlink()
+    shutil.rmtree(demo_root / "val")
+    with pytest.raises(DatasetError) as err:
+        verify_splits(demo_root)
+    message = str(err.value)
+    assert "train/normal: 0 images, fewer than verify.min_per_class=1" in message
+    assert "val: split folder not found" in message
+
+
+def test_scan_order_is_deterministic_and_labelled(demo_root):
+    split = scan_split(demo_root, "train")
+    assert split.classes == ("infected", "normal")
+    assert list(split.files) == sorted(split.files)
+    assert split.labels == (0,) * 12 + (1,) * 12
+
+
+def test_open_rgb_normalises_16_bit_and_rgba(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    deep = tmp_path / "deep.png"
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(deep)
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (8, 8), (10, 20, 30, 128)).save(rgba)
+    for path in (deep, rgba):
+        img = open_rgb(path)
+        assert img.mode == "RGB"
+    arr = np.asarray(open_rgb(deep))
+    assert arr.min() == 0 and arr.max() == 255

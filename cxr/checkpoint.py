@@ -35,8 +35,10 @@ def save_checkpoint(path: Path | str, model: nn.Module, spec: ModelSpec, **extra
     """Write weights (on the CPU) and spec atomically: a crash leaves the previous file intact."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT_VERSION, "spec": asdict(spec), "model": state, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # saving through a file object keeps the random temp name out of the zip records,
+    # so identical weights give an identical file (and an unchanged dvc.lock hash)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelSpec, dict]:

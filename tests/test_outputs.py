@@ -78,3 +78,11 @@ def test_grid_shows_confident_right_and_wrong(demo_root):
     assert 0 not in correct  # less confident than the rest
     image = prediction_grid(split.files, labels, probs, split.classes, 3)
     assert image.width == 3 * 160 and image.height > 2 * 160
+
+
+def test_same_weights_give_byte_identical_checkpoints(tmp_path):
+    spec = ModelSpec("resnet18", ("a", "b"), "binary", (), 0.0, 32, IMAGENET_MEAN, IMAGENET_STD)
+    model = spec.build()
+    save_checkpoint(tmp_path / "one.pt", model, spec, epoch=1)
+    save_checkpoint(tmp_path / "two.pt", model, spec, epoch=1)
+    assert (tmp_path / "one.pt").read_bytes() == (tmp_path / "two.pt").read_bytes()

@@ -9,9 +9,14 @@ import torch
 from torch import nn
 
 from cxr.atomic import atomic_path
+from cxr.errors import PipelineError
 from cxr.models import build_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+class CheckpointError(PipelineError, FileNotFoundError):
+    """The checkpoint is missing or was written by an incompatible version."""
 
 
 @dataclass(frozen=True)
@@ -21,14 +26,30 @@ class ModelSpec:
     arch: str
     classes: tuple[str, ...]
     task: str
+    loss: str  # ce: softmax outputs; bce/focal: one sigmoid per class
     hidden: tuple[int, ...]
     dropout: float
+    activation: str
+    keep_classifier: bool
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def build(self) -> nn.Module:
-        return build_model(self.arch, len(self.classes), self.hidden, self.dropout, self.image_size)
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    def build(self, weights: str = "none") -> nn.Module:
+        return build_model(
+            self.arch,
+            len(self.classes),
+            self.hidden,
+            self.dropout,
+            self.image_size,
+            weights=weights,
+            activation=self.activation,
+            keep_classifier=self.keep_classifier,
+        )
 
 
 def save_checkpoint(path: Path | str, model: nn.Module, spec: ModelSpec, **extra) -> None:
@@ -45,10 +66,10 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelSpec, dict]:
     """Rebuild the model from a checkpoint; return (model in eval mode, spec, whole payload)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` first")
+        raise CheckpointError(f"{path}: checkpoint not found; run `dvc repro train` first")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, expected {FORMAT_VERSION}")
+        raise CheckpointError(f"{path}: checkpoint format {payload.get('format')!r}, expected {FORMAT_VERSION}")
     raw = payload["spec"]
     spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     model = spec.build()

@@ -7,14 +7,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxr.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
 
-ARCHS = ("resnet18", "vgg16")
+ARCHS = ("resnet18", "resnet50", "vgg16", "densenet121", "efficientnet_b0")
 TASK_CLASSES = {
     "binary": ("infected", "normal"),
     "multiclass": ("covid", "pneumonia", "normal"),
+    "multilabel": ("covid", "pneumonia", "normal"),
 }
 
 
@@ -29,7 +32,7 @@ _Yaml12FloatLoader.add_implicit_resolver(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """params.yaml is missing, unreadable or holds a bad value; the message names the key."""
 
 
@@ -51,7 +54,7 @@ class DemoConfig(_Section):
 
 class DataConfig(_Section):
     source: Literal["demo"]
-    task: Literal["binary", "multiclass"]
+    task: Literal["binary", "multiclass", "multilabel"]
     demo: DemoConfig
 
 
@@ -62,18 +65,59 @@ class VerifyConfig(_Section):
 class HeadConfig(_Section):
     hidden: list[PositiveInt]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    activation: Literal["relu", "gelu", "tanh"]
+    keep_classifier: bool
+
+
+class FocalConfig(_Section):
+    alpha: UnitFloat | None
+    gamma: Annotated[float, Field(ge=0.0, le=10.0)]
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "step", "cosine"]
+    milestones: list[PositiveInt]
+    factor: Annotated[float, Field(gt=0.0, le=1000.0)]
+
+    @model_validator(mode="after")
+    def _milestones_for_step(self):
+        if self.name == "step" and not self.milestones:
+            raise ValueError("schedule 'step' needs milestones (epochs after which lr is multiplied by factor)")
+        if self.milestones != sorted(set(self.milestones)):
+            raise ValueError(f"milestones {self.milestones} must be strictly increasing")
+        return self
 
 
 class TrainConfig(_Section):
     arch: Literal[ARCHS]  # type: ignore[valid-type]
     weights: str
     image_size: Annotated[int, Field(ge=32, le=1024)]
-    freeze: Literal["none", "backbone"]
+    freeze: Literal["none", "backbone", "head"] | list[str | int]
     head: HeadConfig
+    loss: Literal["ce", "bce", "focal"]
+    focal: FocalConfig
+    optimizer: Literal["sgd", "adam", "adamw"]
     lr: Annotated[float, Field(gt=0.0, le=10.0)]
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    nesterov: bool
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)]
+    schedule: ScheduleConfig
     batch_size: PositiveInt
     epochs: PositiveInt
+    resume: bool
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_list(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list freezes nothing; use 'none'")
+        return value
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self):
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov: true needs optimizer 'sgd' with momentum > 0")
+        return self
 
     @field_validator("weights")
     @classmethod
@@ -95,17 +139,30 @@ class Params(_Section):
     train: TrainConfig
     evaluate: EvaluateConfig
 
+    @model_validator(mode="after")
+    def _loss_fits_task(self):
+        if self.data.task == "multilabel" and self.train.loss == "ce":
+            raise ValueError(
+                "train.loss: 'ce' (softmax) gives one label per image; data.task 'multilabel' needs 'bce' or 'focal'"
+            )
+        return self
+
 
 def _describe(error: dict) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    # drop pydantic's union-branch labels such as "literal['none','backbone','head']" from the path
+    key = ".".join(str(part) for part in error["loc"] if not str(part).startswith(("literal[", "list[")))
     value = error.get("input")
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key; remove it or check its spelling"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "literal_error":
         message = message.replace("Input should be", "allowed values are")
+    if not key:  # a rule across sections: its message names the keys
+        return message
+    if error["type"] == "value_error" and isinstance(value, dict):
+        return f"{key}: {message}"
     return f"{key}: {value!r} is not valid: {message}"
 
 

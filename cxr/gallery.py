@@ -11,18 +11,42 @@ from PIL import Image, ImageDraw, ImageFont
 from cxr.images import open_rgb
 
 TILE = 160
-CAPTION = 34
+CAPTION = 48
 GREEN, RED = (40, 170, 60), (210, 40, 40)
+
+
+def _decide(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predictions, right or wrong per image, confidence per image) for either label layout.
+
+    Multi-label: an image is right when every class decision (p >= 0.5) is, and as confident
+    as its least certain class decision.
+    """
+    if labels.ndim == 2:
+        preds = (probs >= 0.5).astype(labels.dtype)
+        return preds, (preds == labels).all(1), np.maximum(probs, 1 - probs).min(1)
+    preds = probs.argmax(1)
+    return preds, preds == labels, probs.max(1)
 
 
 def pick_examples(labels: np.ndarray, probs: np.ndarray, per_kind: int) -> tuple[list[int], list[int]]:
     """Indices of the most confident correct and the most confident wrong predictions."""
-    preds = probs.argmax(1)
-    confidence = probs.max(1)
+    _, right, confidence = _decide(labels, probs)
     order = np.argsort(-confidence, kind="stable")
-    correct = [int(i) for i in order if preds[i] == labels[i]][:per_kind]
-    wrong = [int(i) for i in order if preds[i] != labels[i]][:per_kind]
+    correct = [int(i) for i in order if right[i]][:per_kind]
+    wrong = [int(i) for i in order if not right[i]][:per_kind]
     return correct, wrong
+
+
+def _caption(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, classes: Sequence[str], i: int) -> str:
+    if labels.ndim == 2:
+
+        def names(row):
+            return "+".join(c for c, on in zip(classes, row, strict=True) if on) or "none"
+
+        scores = " ".join(f"{c[:4]}={p:.2f}" for c, p in zip(classes, probs[i], strict=True))
+        return f"true {names(labels[i])}\npred {names(preds[i])}\n{scores}"
+    pred = int(preds[i])
+    return f"true {classes[labels[i]]}\npred {classes[pred]} p={probs[i, pred]:.2f}"
 
 
 def _tile(path: Path, caption: str, colour: tuple[int, int, int], font) -> Image.Image:
@@ -39,6 +63,7 @@ def prediction_grid(
 ) -> Image.Image:
     """Two rows: confident correct predictions (green) and confident wrong ones (red)."""
     correct, wrong = pick_examples(labels, probs, per_kind)
+    preds, _, _ = _decide(labels, probs)
     font = ImageFont.load_default(size=12)
     columns = max(len(correct), len(wrong), 1)
     grid = Image.new("RGB", (columns * TILE, 2 * (TILE + CAPTION) + 40), "white")
@@ -49,7 +74,5 @@ def prediction_grid(
         y = row * (TILE + CAPTION + 20)
         draw.text((4, y + 3), f"{title}: {len(indices)} shown" if indices else f"{title}: none", fill=colour, font=font)
         for col, i in enumerate(indices):
-            pred = int(probs[i].argmax())
-            caption = f"true {classes[labels[i]]}\npred {classes[pred]} p={probs[i, pred]:.2f}"
-            grid.paste(_tile(files[i], caption, colour, font), (col * TILE, y + 20))
+            grid.paste(_tile(files[i], _caption(labels, probs, preds, classes, i), colour, font), (col * TILE, y + 20))
     return grid

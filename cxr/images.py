@@ -10,6 +10,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from cxr.errors import PipelineError
+
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # ImageNet statistics: what torchvision's pretrained weights expect, stored in each checkpoint.
@@ -17,18 +19,26 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DatasetError(ValueError):
+class DatasetError(PipelineError, ValueError):
     """The dataset on disk does not have the expected layout; the message names the path."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Split:
-    """The image files of one split with their class indices, in a deterministic order."""
+    """The image files of one split with their labels, in a deterministic order.
+
+    `labels` is an int array (N,) of class indices, or for multi-label data a 0/1 float array
+    (N, C) with one column per class.
+    """
 
     name: str
     classes: tuple[str, ...]
     files: tuple[Path, ...]
-    labels: tuple[int, ...]
+    labels: np.ndarray
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
 
 
 def is_image(path: Path) -> bool:
@@ -42,19 +52,33 @@ def split_classes(split_dir: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
-def scan_split(root: Path, name: str, classes: tuple[str, ...] | None = None) -> Split:
-    """List `root/name/{class}/*` images, sorted by class then file name."""
+def scan_split(root: Path, name: str, classes: tuple[str, ...] | None = None, multilabel: bool = False) -> Split:
+    """List `root/name/{class}/*` images, sorted by class then file name.
+
+    Multi-label: a file name found in several class folders of the split is one image with all
+    of those labels; it is read from the first class folder holding it.
+    """
     split_dir = Path(root) / name
     found = split_classes(split_dir)
     classes = classes or found
     if set(found) != set(classes):
         raise DatasetError(f"{split_dir}: classes {list(found)} differ from the expected {list(classes)}")
+    by_name: dict[str, tuple[Path, set[int]]] = {}
     files, labels = [], []
     for index, cls in enumerate(classes):
         for path in sorted(p for p in (split_dir / cls).iterdir() if is_image(p)):
-            files.append(path)
-            labels.append(index)
-    return Split(name, tuple(classes), tuple(files), tuple(labels))
+            if multilabel:
+                by_name.setdefault(path.name, (path, set()))[1].add(index)
+            else:
+                files.append(path)
+                labels.append(index)
+    if not multilabel:
+        return Split(name, tuple(classes), tuple(files), np.asarray(labels, dtype=np.int64))
+    multi_hot = np.zeros((len(by_name), len(classes)), dtype=np.float32)
+    for row, (path, indices) in enumerate(by_name.values()):
+        files.append(path)
+        multi_hot[row, sorted(indices)] = 1.0
+    return Split(name, tuple(classes), tuple(files), multi_hot)
 
 
 def open_rgb(path: Path) -> Image.Image:

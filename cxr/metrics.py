@@ -1,11 +1,18 @@
-"""Test-set scores for single-label classification, computed with scikit-learn."""
+"""Test-set scores for single-label and multi-label classification, computed with scikit-learn."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 
 def classification_scores(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
@@ -19,13 +26,11 @@ def classification_scores(labels: np.ndarray, probs: np.ndarray, classes: Sequen
     precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=index, zero_division=0)
     per_class = {}
     for i, cls in enumerate(classes):
-        one_vs_rest = labels == i
-        auc = float(roc_auc_score(one_vs_rest, probs[:, i])) if 0 < one_vs_rest.sum() < len(labels) else None
         per_class[cls] = {
             "precision": float(precision[i]),
             "recall": float(recall[i]),
             "f1": float(f1[i]),
-            "roc_auc": auc,
+            "roc_auc": _auc(labels == i, probs[:, i]),
             "support": int(support[i]),
         }
     return {
@@ -39,4 +44,39 @@ def classification_scores(labels: np.ndarray, probs: np.ndarray, classes: Sequen
             "classes": list(classes),
             "rows_true_cols_pred": confusion_matrix(labels, preds, labels=index).tolist(),
         },
+    }
+
+
+def _auc(truth: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC, or None where a class is all-positive or all-negative (AUC undefined)."""
+    return float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else None
+
+
+def multilabel_scores(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float = 0.5) -> dict:
+    """Subset accuracy, macro/micro F1, and per class precision/recall/F1/ROC AUC and a 2x2
+    confusion matrix ([[tn, fp], [fn, tp]]). `targets` and `probs` are (N, C)."""
+    targets = targets.astype(int)
+    preds = (probs >= threshold).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(targets, preds, zero_division=0)
+    matrices = multilabel_confusion_matrix(targets, preds)
+    per_class = {
+        cls: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "roc_auc": _auc(targets[:, i], probs[:, i]),
+            "support": int(support[i]),
+            "confusion_matrix_tn_fp_fn_tp": matrices[i].ravel().tolist(),
+        }
+        for i, cls in enumerate(classes)
+    }
+    return {
+        "n": int(len(targets)),
+        "threshold": threshold,
+        "subset_accuracy": float(accuracy_score(targets, preds)),
+        "f1_macro": float(f1.mean()),
+        "f1_micro": float(f1_score(targets, preds, average="micro", zero_division=0)),
+        "precision_macro": float(precision.mean()),
+        "recall_macro": float(recall.mean()),
+        "per_class": per_class,
     }

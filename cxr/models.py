@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torchvision.models import get_model
 
+from cxr.config import ConfigError
 from cxr.weights import WeightsError, imagenet_state_dict, local_state_dict
 
-# The attribute holding each family's ImageNet classifier, replaced by the new head.
+# The attribute holding each family's ImageNet classifier: `fc` (ResNet), `classifier` (VGG,
+# DenseNet, EfficientNet).
 HEAD_ATTRS = ("fc", "classifier")
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+class Head(nn.Sequential):
+    """The newly initialised layers on top of the CNN: what `freeze: backbone` leaves trainable."""
 
 
 def head_attr(model: nn.Module) -> str:
@@ -22,19 +29,21 @@ def head_attr(model: nn.Module) -> str:
     raise ValueError(f"{type(model).__name__}: no classifier attribute among {HEAD_ATTRS}")
 
 
-def make_head(in_features: int, hidden: Sequence[int], dropout: float, num_outputs: int) -> nn.Sequential:
-    """Linear layers of the given hidden widths with ReLU and dropout, then the output layer."""
+def make_head(
+    in_features: int, hidden: Sequence[int], dropout: float, num_outputs: int, activation: str = "relu"
+) -> Head:
+    """Linear layers of the given hidden widths with an activation and dropout, then the output layer."""
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = h
     if not hidden and dropout > 0:
         layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(width, num_outputs))
-    return nn.Sequential(*layers)
+    return Head(*layers)
 
 
 @torch.no_grad()
@@ -52,10 +61,12 @@ def feature_width(model: nn.Module, image_size: int) -> int:
         model.train(was_training)
 
 
-def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load every non-head tensor of `state` into `model`; the head stays freshly initialised."""
+def load_backbone_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, keep_classifier: bool = False
+) -> None:
+    """Load every tensor of `state` but the replaced classifier layer(s) into `model`."""
     attr = head_attr(model)
-    prefix = f"{attr}."
+    prefix = f"{attr}.{len(getattr(model, attr)) - 1}." if keep_classifier else f"{attr}."
     backbone = {k: v for k, v in state.items() if not k.startswith(prefix)}
     expected = {k for k in model.state_dict() if not k.startswith(prefix)}
     missing = sorted(expected - backbone.keys())
@@ -80,23 +91,77 @@ def build_model(
     dropout: float,
     image_size: int,
     weights: str = "none",
+    activation: str = "relu",
+    keep_classifier: bool = False,
 ) -> nn.Module:
-    """A torchvision `arch` with `weights` loaded into its backbone and a new head."""
+    """A torchvision `arch` with `weights` loaded into its backbone and a new head.
+
+    With `keep_classifier`, a multi-layer classifier (VGG's 4096-4096, EfficientNet's dropout)
+    is kept, pretrained, and only its last linear layer is replaced by the new head.
+    """
     model = get_model(arch, weights=None)
+    attr = head_attr(model)
+    if keep_classifier:
+        classifier = getattr(model, attr)
+        if not (isinstance(classifier, nn.Sequential) and isinstance(classifier[-1], nn.Linear)):
+            raise ConfigError(f"train.head.keep_classifier: {arch} has a single-layer classifier; set it to false")
     if weights == "imagenet":
-        load_backbone_weights(model, imagenet_state_dict(arch), "imagenet")
+        load_backbone_weights(model, imagenet_state_dict(arch), "imagenet", keep_classifier)
     elif weights != "none":
-        load_backbone_weights(model, local_state_dict(weights), weights)
-    width = feature_width(model, image_size)
-    setattr(model, head_attr(model), make_head(width, hidden, dropout, num_outputs))
+        load_backbone_weights(model, local_state_dict(weights), weights, keep_classifier)
+    if keep_classifier:
+        classifier = getattr(model, attr)
+        last = len(classifier) - 1
+        classifier[last] = make_head(classifier[last].in_features, hidden, dropout, num_outputs, activation)
+    else:
+        width = feature_width(model, image_size)
+        setattr(model, attr, make_head(width, hidden, dropout, num_outputs, activation))
     return model
 
 
-def freeze(model: nn.Module, mode: str) -> int:
-    """Apply a freeze mode (`none` or `backbone`); return the count of trainable parameters."""
-    prefix = f"{head_attr(model)}."
+def head_name(model: nn.Module) -> str:
+    """Dotted name of the new head module (`fc`, `classifier` or `classifier.6`)."""
+    for name, module in model.named_modules():
+        if isinstance(module, Head):
+            return name
+    raise ValueError(f"{type(model).__name__}: no new head found; build it with build_model")
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def is_frozen(model: nn.Module, mode: str | Sequence[str | int]) -> Callable[[str], bool]:
+    """Predicate on parameter names: is this parameter frozen under `mode`?
+
+    `none`: nothing; `backbone`: everything but the new head; `head`: the new head only; a list:
+    those modules, where an integer i means `features.i` (a layer of VGG/DenseNet/EfficientNet's
+    feature extractor). Every listed entry must match at least one parameter.
+    """
+    head = head_name(model)
+    if mode == "none":
+        return lambda name: False
+    if mode == "backbone":
+        return lambda name: not _under(name, head)
+    if mode == "head":
+        return lambda name: _under(name, head)
+    prefixes = [f"features.{p}" if isinstance(p, int) else str(p) for p in mode]
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(_under(n, prefix) for n in names):
+            children = ", ".join(n for n, _ in model.named_children())
+            raise ConfigError(
+                f"train.freeze: {prefix!r} matches no parameter of this model; "
+                f"use module names such as {children} (or features indices of layers with weights)"
+            )
+    return lambda name: any(_under(name, p) for p in prefixes)
+
+
+def freeze(model: nn.Module, mode: str | Sequence[str | int]) -> int:
+    """Apply a freeze mode (see `is_frozen`); return the count of trainable parameters."""
+    frozen = is_frozen(model, mode)
     for name, param in model.named_parameters():
-        param.requires_grad = mode == "none" or name.startswith(prefix)
+        param.requires_grad = not frozen(name)
     return trainable_parameters(model)
 
 

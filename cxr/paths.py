@@ -5,6 +5,7 @@ from pathlib import Path
 RAW_DIR = Path("data/raw")
 DATA_METRICS = Path("metrics/data.json")
 MODEL_PATH = Path("models/model.pt")
+LAST_PATH = Path("models/last.pt")  # state after the latest finished epoch, for train.resume
 TRAIN_LIVE_DIR = Path("metrics/train")
 TEST_METRICS = Path("metrics/test.json")
 EVAL_LIVE_DIR = Path("metrics/eval")

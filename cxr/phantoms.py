@@ -106,14 +106,16 @@ def _consolidation(rng, x, y, lungs, strength):
     return strength * 0.34 * lobe * one_lung * patch * lungs
 
 
-def render_phantom(cls: str, size: int, difficulty: float, rng: np.random.Generator) -> np.ndarray:
-    """Render one grayscale phantom of class `cls` as a uint8 array of shape (size, size)."""
+def render_phantom(labels: str | tuple[str, ...], size: int, difficulty: float, rng: np.random.Generator) -> np.ndarray:
+    """Render one grayscale phantom with the findings of `labels` (one class name or several)
+    as a uint8 array of shape (size, size)."""
+    labels = (labels,) if isinstance(labels, str) else labels
     x, y = _body_grid(rng, size)
     img, lungs = _anatomy(rng, x, y)
     strength = 1.0 - 0.75 * difficulty
-    if cls in LESION_CLASSES:
+    if any(cls in LESION_CLASSES for cls in labels):
         img = img + _ground_glass(rng, x, y, lungs, size, strength)
-    elif cls in CONSOLIDATION_CLASSES:
+    if any(cls in CONSOLIDATION_CLASSES for cls in labels):
         img = img + _consolidation(rng, x, y, lungs, strength)
 
     # film response: random window and gamma, then blur and grain

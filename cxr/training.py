@@ -13,6 +13,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm import tqdm
 
+from cxr.errors import PipelineError
 from cxr.images import normalize
 from cxr.models import train_mode
 
@@ -38,6 +39,10 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=dtype)
 
 
+class NonFiniteLossError(PipelineError, FloatingPointError):
+    """The loss became NaN or infinite: training stops at once instead of producing garbage."""
+
+
 @dataclass
 class EpochResult:
     loss: float
@@ -52,9 +57,11 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Itera
 
 
 def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray) -> EpochResult:
+    """Mean loss, accuracy (subset accuracy for multi-label rows) and macro F1."""
+    exact = (labels == preds) if labels.ndim == 1 else (labels == preds).all(1)
     return EpochResult(
         loss=loss_sum / max(len(labels), 1),
-        accuracy=float((labels == preds).mean()) if len(labels) else 0.0,
+        accuracy=float(exact.mean()) if len(labels) else 0.0,
         f1=float(f1_score(labels, preds, average="macro", zero_division=0)),
     )
 
@@ -65,28 +72,40 @@ def train_epoch(
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable,
+    decide: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
     generator: torch.Generator,
     device: torch.device,
-    desc: str = "train",
+    epoch: int = 1,
 ) -> EpochResult:
-    """One pass over the training images in a seeded random order."""
+    """One pass over the training images in a seeded random order.
+
+    `decide` turns logits into predicted labels for the running accuracy and F1.
+    Raises NonFiniteLossError naming the epoch and batch when the loss is NaN or infinite.
+    """
     train_mode(model)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     loss_sum, seen_labels, seen_preds = 0.0, [], []
-    for idx in tqdm(list(batches(len(labels), batch_size, generator)), desc=desc, unit="batch", leave=False):
+    order = list(batches(len(labels), batch_size, generator))
+    for batch, idx in enumerate(tqdm(order, desc=f"epoch {epoch}", unit="batch", leave=False), start=1):
         x = normalize(pixels[idx].to(device, non_blocking=True))
         y = labels[idx].to(device, non_blocking=True)
         with autocast(device):
             logits = model(x)
             loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            lr = optimizer.param_groups[0]["lr"]
+            raise NonFiniteLossError(
+                f"train: loss is {loss.item()} at epoch {epoch}, batch {batch}/{len(order)} (lr {lr:g}); "
+                f"training stopped. Lower train.lr (e.g. to {lr / 10:g}) and run again."
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.item() * len(idx)
         seen_labels.append(y.cpu())
-        seen_preds.append(logits.argmax(1).cpu())
+        seen_preds.append(decide(logits.detach().float()).cpu())
     return summarize(loss_sum, torch.cat(seen_labels).numpy(), torch.cat(seen_preds).numpy())
 
 
@@ -102,8 +121,14 @@ def predict_logits(model: nn.Module, pixels: torch.Tensor, batch_size: int, devi
 
 
 def evaluate_epoch(
-    model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, loss_fn: Callable, batch_size: int, device
+    model: nn.Module,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn: Callable,
+    decide: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    device: torch.device,
 ) -> EpochResult:
     logits = predict_logits(model, pixels, batch_size, device)
     loss = loss_fn(logits, labels).item() * len(labels)
-    return summarize(loss, labels.numpy(), logits.argmax(1).numpy())
+    return summarize(loss, labels.numpy(), decide(logits).numpy())

@@ -7,8 +7,10 @@ from pathlib import Path
 import torch
 from torchvision.models import get_model_weights
 
+from cxr.errors import PipelineError
 
-class WeightsError(RuntimeError):
+
+class WeightsError(PipelineError, RuntimeError):
     """The requested weights cannot be had; the message says what to set instead."""
 
 

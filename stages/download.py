@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from cxr.atomic import atomic_dir
+from cxr.cli import stage
 from cxr.config import load_params
 from cxr.demo_data import write_demo_dataset
 from cxr.paths import RAW_DIR
 
 
+@stage("download")
 def main() -> None:
     params = load_params()
     with atomic_dir(RAW_DIR) as tmp:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-
 from cxr.atomic import write_json
+from cxr.cli import stage
 from cxr.config import load_params
-from cxr.images import DatasetError
 from cxr.paths import DATA_METRICS, RAW_DIR
 from cxr.verification import verify_splits
 
 
+@stage("verify")
 def main() -> None:
     params = load_params()
-    try:
-        counts = verify_splits(RAW_DIR, params.verify.min_per_class)
-    except DatasetError as exc:
-        sys.exit(f"verify: {exc}")
+    counts = verify_splits(RAW_DIR, params.verify.min_per_class)
     report = {
         "total": sum(sum(c.values()) for c in counts.values()),
         **{split: {"total": sum(c.values()), **c} for split, c in counts.items()},

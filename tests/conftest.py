@@ -19,7 +19,8 @@ def tiny_params_dict(**train_overrides) -> dict:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw = copy.deepcopy(raw)
     raw["data"]["demo"].update(image_size=48, train_per_class=12, val_per_class=6, test_per_class=6)
-    raw["train"].update(image_size=32, epochs=2, batch_size=8, head={"hidden": [16], "dropout": 0.0})
+    raw["train"].update(image_size=32, epochs=2, batch_size=8)
+    raw["train"]["head"].update(hidden=[16], dropout=0.0)
     raw["train"].update(train_overrides)
     raw["evaluate"].update(grid_images=2)
     return raw

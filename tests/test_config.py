@@ -25,7 +25,7 @@ def test_repository_params_are_valid():
         ("train", "lr", -0.1, "train.lr: -0.1"),
         ("train", "lr", "0.01", "train.lr"),
         ("train", "epochs", 0, "train.epochs"),
-        ("train", "freeze", "everything", "allowed values are 'none' or 'backbone'"),
+        ("train", "freeze", "everything", "allowed values are 'none', 'backbone' or 'head'"),
         ("train", "weights", "resnet.ckpt", "train.weights"),
         ("data", "task", "regression", "data.task"),
         ("evaluate", "batch_size", 2.5, "evaluate.batch_size"),
@@ -40,7 +40,7 @@ def test_bad_values_name_the_key(raw, section, key, value, expected):
 
 def test_arch_error_lists_allowed_values(raw):
     raw["train"]["arch"] = "resnet9000"
-    with pytest.raises(ConfigError, match="'resnet18' or 'vgg16'"):
+    with pytest.raises(ConfigError, match="'resnet18', 'resnet50', 'vgg16'"):
         parse_params(raw)
 
 

@@ -43,7 +43,7 @@ def test_scan_order_is_deterministic_and_labelled(demo_root):
     split = scan_split(demo_root, "train")
     assert split.classes == ("infected", "normal")
     assert list(split.files) == sorted(split.files)
-    assert split.labels == (0,) * 12 + (1,) * 12
+    assert split.labels.tolist() == [0] * 12 + [1] * 12
 
 
 def test_open_rgb_normalises_16_bit_and_rgba(tmp_path):
@@ -59,3 +59,23 @@ def test_open_rgb_normalises_16_bit_and_rgba(tmp_path):
         assert img.mode == "RGB"
     arr = np.asarray(open_rgb(deep))
     assert arr.min() == 0 and arr.max() == 255
+
+
+def test_multilabel_images_in_two_class_folders_get_both_labels(tmp_path):
+    from cxr.config import parse_params
+    from cxr.demo_data import write_demo_dataset
+    from tests.conftest import tiny_params_dict
+
+    raw = tiny_params_dict()
+    raw["data"]["task"] = "multilabel"
+    raw["train"]["loss"] = "bce"
+    params = parse_params(raw)
+    root = tmp_path / "raw"
+    counts = write_demo_dataset(root, params.data, params.seed)
+    assert counts["train"] == {"covid": 12, "pneumonia": 15, "normal": 12}  # 3 co-infected covid images
+    split = scan_split(root, "train", multilabel=True)
+    assert split.classes == ("covid", "normal", "pneumonia")
+    assert split.labels.shape == (36, 3)
+    both = split.labels[:, 0] * split.labels[:, 2]
+    assert both.sum() == 3 and split.labels.sum() == 39
+    assert split.labels[:, 1].sum() == 12 and (split.labels.sum(1) >= 1).all()

@@ -1,0 +1,33 @@
+"""Optimizers and learning-rate schedules by their params name: small tables, not if-chains."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from cxr.config import ScheduleConfig, TrainConfig
+
+OPTIMIZERS = {
+    "sgd": lambda params, c: torch.optim.SGD(
+        params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
+    ),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+# Schedules step once per epoch. `step` multiplies the lr by `factor` at each milestone epoch,
+# so factor 10 with milestones [3] expresses "1e-4, then 1e-3 from epoch 4 on".
+SCHEDULES = {
+    "constant": lambda opt, s, epochs: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0),
+    "step": lambda opt, s, epochs: torch.optim.lr_scheduler.MultiStepLR(opt, s.milestones, gamma=s.factor),
+    "cosine": lambda opt, s, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
+}
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.optimizer](list(params), cfg)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, epochs: int):
+    return SCHEDULES[schedule.name](optimizer, schedule, epochs)

@@ -1,0 +1,153 @@
+"""One training run: data, model, optimizer, schedule, epochs, checkpoints, dvclive and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from dvclive import Live
+from tqdm import tqdm
+
+from cxr.atomic import atomic_path
+from cxr.checkpoint import ModelSpec, save_checkpoint
+from cxr.config import Params
+from cxr.errors import PipelineError
+from cxr.images import IMAGENET_MEAN, IMAGENET_STD, load_pixels, scan_split
+from cxr.losses import decisions, make_loss, probabilities
+from cxr.models import freeze
+from cxr.optim import make_optimizer, make_schedule
+from cxr.paths import LAST_PATH, MODEL_PATH, RAW_DIR, TRAIN_LIVE_DIR
+from cxr.training import evaluate_epoch, seed_everything, select_device, train_epoch
+
+
+class ResumeError(PipelineError, RuntimeError):
+    """models/last.pt does not belong to the run being resumed."""
+
+
+def run_signature(params: Params, classes: tuple[str, ...]) -> dict:
+    """What must match for a resumed run to continue the interrupted one."""
+    train = params.train.model_dump(exclude={"resume"})
+    return {"seed": params.seed, "task": params.data.task, "classes": list(classes), "train": train}
+
+
+def _save_last(path: Path, model, optimizer, scheduler, epoch: int, best, signature: dict, generator) -> None:
+    state = {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,  # epochs finished; also the next dvclive step
+        "best": best,
+        "signature": signature,
+        "torch_rng": torch.get_rng_state(),
+        "batch_rng": generator.get_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(state, f)
+
+
+def _load_last(path: Path, signature: dict) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["signature"] != signature:
+        old, new = state["signature"], signature
+        changed = sorted(
+            {f"train.{k}" for k in new["train"] if old["train"].get(k) != new["train"][k]}
+            | {k for k in ("seed", "task", "classes") if old[k] != new[k]}
+        )
+        raise ResumeError(
+            f"train.resume: {path} was written by a run with different {', '.join(changed)}; "
+            "set train.resume: false to start afresh, or restore the params of the interrupted run"
+        )
+    return state
+
+
+def train(
+    params: Params,
+    raw_dir: Path = RAW_DIR,
+    model_path: Path = MODEL_PATH,
+    last_path: Path = LAST_PATH,
+    live_dir: Path = TRAIN_LIVE_DIR,
+) -> dict:
+    """Train per `params`; keep the best epoch (val macro F1) at `model_path`. Returns the best scores."""
+    cfg = params.train
+    multilabel = params.data.task == "multilabel"
+    generator = seed_everything(params.seed)
+    device = select_device()
+
+    train_split = scan_split(raw_dir, "train", multilabel=multilabel)
+    val_split = scan_split(raw_dir, "val", train_split.classes, multilabel)
+    train_x, val_x = (load_pixels(s, cfg.image_size) for s in (train_split, val_split))
+    train_y, val_y = (torch.from_numpy(s.labels) for s in (train_split, val_split))
+
+    spec = ModelSpec(
+        arch=cfg.arch,
+        classes=train_split.classes,
+        task=params.data.task,
+        loss=cfg.loss,
+        hidden=tuple(cfg.head.hidden),
+        dropout=cfg.head.dropout,
+        activation=cfg.head.activation,
+        keep_classifier=cfg.head.keep_classifier,
+        image_size=cfg.image_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+    model = spec.build(weights=cfg.weights)
+    n_trainable = freeze(model, cfg.freeze)
+    model.to(device)
+    optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), cfg)
+    scheduler = make_schedule(optimizer, cfg.schedule, cfg.epochs)
+    loss_fn = make_loss(cfg.loss, len(spec.classes), cfg.focal.alpha, cfg.focal.gamma)
+
+    def decide(logits: torch.Tensor) -> torch.Tensor:
+        return decisions(probabilities(logits, cfg.loss), multilabel)
+
+    signature = run_signature(params, spec.classes)
+    start, best = 0, None
+    if cfg.resume and last_path.is_file():
+        state = _load_last(last_path, signature)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["batch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start, best = state["epoch"], state["best"]
+        print(f"train: resuming from {last_path} after epoch {start}")
+    elif cfg.resume:
+        print(f"train: train.resume is set but {last_path} does not exist; starting at epoch 1")
+
+    print(
+        f"train: {cfg.arch} (weights={cfg.weights}, freeze={cfg.freeze}, loss={cfg.loss}, "
+        f"optimizer={cfg.optimizer}, schedule={cfg.schedule.name}) on {device}, {n_trainable:,} trainable "
+        f"parameters, {len(train_y)} train / {len(val_y)} val images, classes {list(spec.classes)}"
+    )
+    with Live(dir=str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        live.step = start  # dvclive's own resume skips step 0; the checkpoint knows the truth
+        live.log_metric("trainable_params", n_trainable, plot=False)
+        for epoch in tqdm(range(start, cfg.epochs), desc="epochs", unit="epoch", initial=start, total=cfg.epochs):
+            lr = optimizer.param_groups[0]["lr"]
+            fit = train_epoch(
+                model, train_x, train_y, optimizer, loss_fn, decide, cfg.batch_size, generator, device, epoch + 1
+            )
+            val = evaluate_epoch(model, val_x, val_y, loss_fn, decide, cfg.batch_size, device)
+            scheduler.step()
+            for split, result in (("train", fit), ("val", val)):
+                live.log_metric(f"{split}/loss", result.loss)
+                live.log_metric(f"{split}/accuracy", result.accuracy)
+                live.log_metric(f"{split}/f1", result.f1)
+            live.log_metric("lr", lr)
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs}: lr {lr:.3g} | train loss {fit.loss:.4f} acc {fit.accuracy:.3f} | "
+                f"val loss {val.loss:.4f} acc {val.accuracy:.3f} f1 {val.f1:.3f}"
+            )
+            if best is None or (val.f1, -val.loss) > (best["val_f1"], -best["val_loss"]):
+                best = {"epoch": epoch + 1, "val_f1": val.f1, "val_loss": val.loss, "val_accuracy": val.accuracy}
+                save_checkpoint(model_path, model, spec, **best)
+            live.next_step()
+            _save_last(last_path, model, optimizer, scheduler, epoch + 1, best, signature, generator)
+        for key in ("epoch", "val_f1", "val_accuracy"):
+            live.summary.setdefault("best", {})[key] = best[key]
+    print(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")
+    return best

@@ -1,0 +1,39 @@
+"""Every run of the comparison grid is a valid set of params."""
+
+import copy
+
+import pytest
+import yaml
+
+from cxr.config import _Yaml12FloatLoader, parse_params
+from sweeps.grid import DEMO_OVERRIDES, grid
+from tests.conftest import REPO
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """What `dvc exp run -S key=value` does to params.yaml (values parsed as YAML)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        *sections, leaf = key.split(".")
+        node = raw
+        for section in sections:
+            node = node[section]
+        assert leaf in node, f"{key} is not a key of params.yaml"
+        node[leaf] = yaml.load(value, Loader=_Yaml12FloatLoader)  # noqa: S506 (a SafeLoader)
+    return raw
+
+
+@pytest.mark.parametrize("demo", [False, True])
+def test_every_grid_run_validates(demo):
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    runs = grid("none" if demo else "imagenet")
+    assert len({name for name, _ in runs}) == len(runs) == 21
+    for name, overrides in runs:
+        params = parse_params(apply_overrides(base, overrides + (DEMO_OVERRIDES if demo else [])))
+        if name.startswith("t1-"):
+            assert params.train.freeze == "backbone"
+        if name == "t2-vgg16-partial":
+            assert params.train.freeze == [0, 2, 5, 10, 24, 28]
+        if name.startswith("p2-"):
+            assert params.data.task == "multilabel" and params.train.schedule.milestones == [2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from cxr.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
+LABELS_CSV = "labels.csv"  # optional, per split: path,labels (labels separated by ";")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # ImageNet statistics: what torchvision's pretrained weights expect, stored in each checkpoint.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,40 +47,77 @@ def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """Rows of `split_dir/labels.csv`: `path` (relative to the split folder) and `labels`
+    (class names separated by `;`)."""
+    csv_path = split_dir / LABELS_CSV
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"path", "labels"} <= set(reader.fieldnames or ()):
+            raise DatasetError(f"{csv_path}: needs the columns path,labels; found {reader.fieldnames}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            labels = tuple(sorted({x.strip() for x in (row["labels"] or "").split(";") if x.strip()}))
+            path = split_dir / (row["path"] or "").strip()
+            if not labels:
+                raise DatasetError(f"{csv_path}:{line}: no labels for {row['path']!r}")
+            if not path.is_file():
+                raise DatasetError(f"{csv_path}:{line}: {path} does not exist")
+            rows.append((path, labels))
+    return rows
+
+
+def labelled_files(split_dir: Path, merge_by_name: bool = False) -> list[tuple[Path, tuple[str, ...]]]:
+    """(image, class names) pairs of a split, in a deterministic order.
+
+    Labels come from `labels.csv` in the split folder when it exists, else from class folders
+    (`split/{class}/file`). With `merge_by_name`, a file name found in several class folders is
+    one image with all of those labels, read from the first folder holding it.
+    """
+    split_dir = Path(split_dir)
+    if (split_dir / LABELS_CSV).is_file():
+        return _read_labels_csv(split_dir)
+    merged: dict[str, tuple[Path, list[str]]] = {}
+    pairs = []
+    for cls in split_classes(split_dir):
+        for path in sorted(p for p in (split_dir / cls).iterdir() if is_image(p)):
+            if merge_by_name:
+                merged.setdefault(path.name, (path, []))[1].append(cls)
+            else:
+                pairs.append((path, (cls,)))
+    return [(path, tuple(labels)) for path, labels in merged.values()] if merge_by_name else pairs
+
+
 def split_classes(split_dir: Path) -> tuple[str, ...]:
-    """Class names of a split: its sub-folder names, sorted."""
+    """Class names of a split, sorted: the labels in its labels.csv, else its sub-folder names."""
     if not split_dir.is_dir():
         raise DatasetError(f"{split_dir}: split folder not found; expected data/raw/{{train,val,test}}/{{class}}/")
+    if (split_dir / LABELS_CSV).is_file():
+        return tuple(sorted({label for _, labels in _read_labels_csv(split_dir) for label in labels}))
     return tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
 def scan_split(root: Path, name: str, classes: tuple[str, ...] | None = None, multilabel: bool = False) -> Split:
-    """List `root/name/{class}/*` images, sorted by class then file name.
-
-    Multi-label: a file name found in several class folders of the split is one image with all
-    of those labels; it is read from the first class folder holding it.
-    """
+    """The images of `root/name` with class-index labels, or multi-hot rows when `multilabel`."""
     split_dir = Path(root) / name
     found = split_classes(split_dir)
     classes = classes or found
     if set(found) != set(classes):
         raise DatasetError(f"{split_dir}: classes {list(found)} differ from the expected {list(classes)}")
-    by_name: dict[str, tuple[Path, set[int]]] = {}
-    files, labels = [], []
-    for index, cls in enumerate(classes):
-        for path in sorted(p for p in (split_dir / cls).iterdir() if is_image(p)):
-            if multilabel:
-                by_name.setdefault(path.name, (path, set()))[1].add(index)
-            else:
-                files.append(path)
-                labels.append(index)
-    if not multilabel:
-        return Split(name, tuple(classes), tuple(files), np.asarray(labels, dtype=np.int64))
-    multi_hot = np.zeros((len(by_name), len(classes)), dtype=np.float32)
-    for row, (path, indices) in enumerate(by_name.values()):
-        files.append(path)
-        multi_hot[row, sorted(indices)] = 1.0
-    return Split(name, tuple(classes), tuple(files), multi_hot)
+    pairs = labelled_files(split_dir, merge_by_name=multilabel)
+    files = tuple(path for path, _ in pairs)
+    if multilabel:
+        multi_hot = np.zeros((len(pairs), len(classes)), dtype=np.float32)
+        for row, (_, labels) in enumerate(pairs):
+            multi_hot[row, [classes.index(c) for c in labels]] = 1.0
+        return Split(name, tuple(classes), files, multi_hot)
+    several = [str(path) for path, labels in pairs if len(labels) > 1]
+    if several:
+        raise DatasetError(
+            f"{split_dir}: {len(several)} images have several labels (e.g. {several[0]}); "
+            "use data.task: multilabel, or give each image one label"
+        )
+    return Split(name, tuple(classes), files, np.asarray([classes.index(lb[0]) for _, lb in pairs], dtype=np.int64))
 
 
 def open_rgb(path: Path) -> Image.Image:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cxr.images import SPLITS, DatasetError, is_image, split_classes
+from cxr.images import SPLITS, DatasetError, labelled_files, split_classes
 
 
 def verify_splits(root: Path, min_per_class: int = 1) -> dict[str, dict[str, int]]:
@@ -22,29 +22,26 @@ def verify_splits(root: Path, min_per_class: int = 1) -> dict[str, dict[str, int
     for split in SPLITS:
         try:
             class_sets[split] = split_classes(root / split)
+            pairs = labelled_files(root / split)
         except DatasetError as exc:
             problems.append(str(exc))
             continue
-        counts[split] = {}
-        for cls in class_sets[split]:
-            files = sorted(p for p in (root / split / cls).iterdir() if is_image(p))
-            counts[split][cls] = len(files)
-            if len(files) < min_per_class:
-                problems.append(
-                    f"{root / split / cls}: {len(files)} images, fewer than verify.min_per_class={min_per_class}"
-                )
-            for path in files:
-                try:
-                    with Image.open(path) as img:
-                        img.load()
-                except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-                    problems.append(f"{path}: does not decode ({type(exc).__name__}: {exc})")
+        counts[split] = {cls: sum(cls in labels for _, labels in pairs) for cls in class_sets[split]}
+        for cls, n in counts[split].items():
+            if n < min_per_class:
+                problems.append(f"{root / split / cls}: {n} images, fewer than verify.min_per_class={min_per_class}")
+        for path in sorted({path for path, _ in pairs}):
+            try:
+                with Image.open(path) as img:
+                    img.load()
+            except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
+                problems.append(f"{path}: does not decode ({type(exc).__name__}: {exc})")
     reference = class_sets.get("train")
     for split, classes in class_sets.items():
         if reference is not None and classes != reference:
             problems.append(f"{root / split}: classes {list(classes)} differ from train's {list(reference)}")
         if len(classes) < 2:
-            problems.append(f"{root / split}: needs at least 2 class folders, found {list(classes)}")
+            problems.append(f"{root / split}: needs at least 2 classes, found {list(classes)}")
     if problems:
         raise DatasetError(f"{root}: dataset verification failed:\n  " + "\n  ".join(problems))
     return counts

@@ -79,3 +79,25 @@ def test_multilabel_images_in_two_class_folders_get_both_labels(tmp_path):
     both = split.labels[:, 0] * split.labels[:, 2]
     assert both.sum() == 3 and split.labels.sum() == 39
     assert split.labels[:, 1].sum() == 12 and (split.labels.sum(1) >= 1).all()
+
+
+def test_labels_csv_gives_labels_and_classes(demo_root):
+    split_dir = demo_root / "val"
+    files = sorted(split_dir.rglob("*.png"))
+    rows = ["path,labels"]
+    for i, path in enumerate(files):
+        labels = "covid;pneumonia" if i % 3 == 0 else ("covid" if i % 3 == 1 else "normal")
+        rows.append(f"{path.relative_to(split_dir)},{labels}")
+    (split_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+    split = scan_split(demo_root, "val", multilabel=True)
+    assert split.classes == ("covid", "normal", "pneumonia")
+    assert split.labels.shape == (12, 3) and split.labels[0].tolist() == [1, 0, 1]
+    assert split.labels[:, 2].sum() == 4
+    with pytest.raises(DatasetError, match="several labels.*data.task: multilabel"):
+        scan_split(demo_root, "val")
+    (split_dir / "labels.csv").write_text("path,labels\nmissing.png,covid\n")
+    with pytest.raises(DatasetError, match=r"labels.csv:2: .*missing.png does not exist"):
+        scan_split(demo_root, "val", multilabel=True)
+    (split_dir / "labels.csv").write_text("file,label\n")
+    with pytest.raises(DatasetError, match="needs the columns path,labels"):
+        verify_splits(demo_root)

@@ -89,17 +89,25 @@ DEMO_OVERRIDES = [
     "data.demo.test_per_class=50",
 ]
 
+# Fully qualified `dvc exp show` columns; its CSV drops the file prefix where a name is unique.
 COLUMNS = [
-    ("train.arch", "arch"),
-    ("train.freeze", "freeze"),
-    ("train.head.hidden", "hidden"),
-    ("train.lr", "lr"),
-    ("train.loss", "loss"),
+    ("params.yaml:train.arch", "arch"),
+    ("params.yaml:train.freeze", "freeze"),
+    ("params.yaml:train.head.hidden", "hidden"),
+    ("params.yaml:train.lr", "lr"),
+    ("params.yaml:train.loss", "loss"),
     ("metrics/train/metrics.json:trainable_params", "trainable"),
     ("metrics/test.json:accuracy", "test acc"),
     ("metrics/test.json:subset_accuracy", "subset acc"),
     ("metrics/test.json:f1_macro", "test F1"),
 ]
+
+
+def _cell(row: dict, key: str) -> str:
+    for column, value in row.items():
+        if column == key or key.endswith(":" + column):
+            return value or ""
+    return ""
 
 
 def dvc(*args: str, capture: bool = False) -> str:
@@ -111,7 +119,8 @@ def dvc(*args: str, capture: bool = False) -> str:
 
 def table(names: set[str] | None = None) -> str:
     """A Markdown table of the grid's experiments from `dvc exp show --csv`."""
-    rows = list(csv.DictReader(io.StringIO(dvc("exp", "show", "--csv", "--no-pager", capture=True))))
+    shown = dvc("exp", "show", "--all-commits", "--csv", "--no-pager", capture=True)
+    rows = list(csv.DictReader(io.StringIO(shown)))
     rows = [r for r in rows if r.get("Experiment") and (names is None or r["Experiment"] in names)]
     rows.sort(key=lambda r: r["Experiment"])
     lines = ["| experiment | " + " | ".join(label for _, label in COLUMNS) + " |"]
@@ -119,11 +128,9 @@ def table(names: set[str] | None = None) -> str:
     for r in rows:
         cells = []
         for key, _ in COLUMNS:
-            value = r.get(key, "")
-            try:
-                value = f"{float(value):.3f}" if "metrics/test" in key else value
-            except ValueError:
-                pass
+            value = _cell(r, key)
+            if value and key.startswith("metrics/test"):
+                value = f"{float(value):.3f}"
             cells.append(value or "-")
         lines.append(f"| {r['Experiment']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

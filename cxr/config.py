@@ -53,9 +53,22 @@ class DemoConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["demo"]
+    source: Literal["demo", "url", "folder"]
+    url: str
+    sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")]
+    folder: str
     task: Literal["binary", "multiclass", "multilabel"]
     demo: DemoConfig
+
+    @model_validator(mode="after")
+    def _source_settings(self):
+        if self.source == "url" and not self.url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"source 'url' needs data.url to be an http(s) address of a .zip/.tar/.tar.gz, got {self.url!r}"
+            )
+        if self.source == "folder" and not self.folder:
+            raise ValueError("source 'folder' needs data.folder: a folder holding {train,val,test}/{class}/images")
+        return self
 
 
 class VerifyConfig(_Section):

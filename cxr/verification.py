@@ -9,6 +9,20 @@ from PIL import Image
 from cxr.images import SPLITS, DatasetError, labelled_files, split_classes
 
 
+def _class_counts(pairs: list[tuple[Path, tuple[str, ...]]], classes: tuple[str, ...]) -> dict[str, int]:
+    return {cls: sum(cls in labels for _, labels in pairs) for cls in classes}
+
+
+def count_images(root: Path) -> dict[str, dict[str, int]]:
+    """Images per class in each split folder present under `root`."""
+    root = Path(root)
+    return {
+        split: _class_counts(labelled_files(root / split), split_classes(root / split))
+        for split in SPLITS
+        if (root / split).is_dir()
+    }
+
+
 def verify_splits(root: Path, min_per_class: int = 1) -> dict[str, dict[str, int]]:
     """Return image counts per split and class; raise DatasetError listing every problem.
 
@@ -26,7 +40,7 @@ def verify_splits(root: Path, min_per_class: int = 1) -> dict[str, dict[str, int
         except DatasetError as exc:
             problems.append(str(exc))
             continue
-        counts[split] = {cls: sum(cls in labels for _, labels in pairs) for cls in class_sets[split]}
+        counts[split] = _class_counts(pairs, class_sets[split])
         for cls, n in counts[split].items():
             if n < min_per_class:
                 problems.append(f"{root / split / cls}: {n} images, fewer than verify.min_per_class={min_per_class}")

@@ -1,0 +1,221 @@
+"""Real datasets in: archives over HTTP on 127.0.0.1, local folders, unsafe archives refused."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import shutil
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cxr import sources
+from cxr.archives import ArchiveError, safe_extract
+from cxr.config import ConfigError, parse_params
+from cxr.fetch import DownloadError, download
+from cxr.verification import verify_splits
+from tests.conftest import tiny_params_dict
+
+
+class ArchiveServer(http.server.ThreadingHTTPServer):
+    """Serves named byte strings with HTTP Range support; `cut_first` truncates the first N responses."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.cut_first = 0
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        server: ArchiveServer = self.server  # type: ignore[assignment]
+        body = server.files.get(self.path.lstrip("/"))
+        server.requests.append((self.path, self.headers.get("Range")))
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            if start >= len(body):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        chunk = body[start:]
+        self.send_header("Content-Length", str(len(chunk)))
+        self.end_headers()
+        if server.cut_first > 0:
+            server.cut_first -= 1
+            chunk = chunk[: len(chunk) // 2]  # a dropped connection half way
+        self.wfile.write(chunk)
+
+
+@pytest.fixture
+def server():
+    srv = ArchiveServer()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _zip_of(folder: Path, wrap: str = "xrays", rename_val: str = "Valid") -> bytes:
+    """A zip of a demo dataset, wrapped in one folder, with `val` spelled another way."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for path in sorted(folder.rglob("*.png")):
+            rel = path.relative_to(folder).as_posix()
+            rel = rel.replace("val/", f"{rename_val}/", 1) if rel.startswith("val/") else rel
+            zf.write(path, f"{wrap}/{rel}")
+    return buffer.getvalue()
+
+
+def _url_params(url: str, sha: str):
+    raw = tiny_params_dict()
+    raw["data"].update(source="url", url=url, sha256=sha)
+    return parse_params(raw)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "DOWNLOAD_DIR", tmp_path / "downloads")
+    return tmp_path
+
+
+def test_good_archive_becomes_the_split_layout(server, demo_root, in_tmp):
+    body = _zip_of(demo_root)
+    server.files["set.zip"] = body
+    sha = hashlib.sha256(body).hexdigest()
+    out = in_tmp / "extracted"
+    out.mkdir()
+    sources.write_dataset(_url_params(server.url("set.zip"), sha).data, 0, out)
+    assert sorted(p.name for p in out.iterdir()) == ["test", "train", "val"]
+    assert verify_splits(out) == verify_splits(demo_root)
+    # a second run finds the verified archive on disk and sends no request
+    before = len(server.requests)
+    out2 = in_tmp / "extracted2"
+    out2.mkdir()
+    sources.write_dataset(_url_params(server.url("set.zip"), sha).data, 0, out2)
+    assert len(server.requests) == before
+
+
+def test_checksum_mismatch_fails_and_keeps_nothing(server, in_tmp):
+    server.files["set.zip"] = b"not what was pinned"
+    with pytest.raises(DownloadError, match=r"sha256 mismatch: expected data.sha256=0{64}"):
+        download(server.url("set.zip"), in_tmp / "dl" / "set.zip", "0" * 64, backoff_s=0)
+    assert list((in_tmp / "dl").iterdir()) == []
+
+
+def test_truncated_transfer_is_resumed_with_range(server, in_tmp):
+    body = bytes(range(256)) * 4000
+    server.files["big.tar"] = body
+    server.cut_first = 1
+    target = download(server.url("big.tar"), in_tmp / "dl" / "big.tar", hashlib.sha256(body).hexdigest(), backoff_s=0)
+    assert target.read_bytes() == body
+    assert server.requests[1][1] == f"bytes={len(body) // 2}-"  # resumed, not restarted
+
+
+def test_always_truncated_transfer_fails_after_retries(server, in_tmp):
+    server.files["big.tar"] = b"x" * 100_000
+    server.cut_first = 100
+    with pytest.raises(DownloadError, match="failed after 3 attempts.*partial file"):
+        download(server.url("big.tar"), in_tmp / "dl" / "big.tar", "0" * 64, retries=2, backoff_s=0)
+
+
+def test_unpinned_download_prints_the_hash_and_asks_to_pin(server, in_tmp):
+    body = b"some archive bytes"
+    server.files["set.zip"] = body
+    sha = hashlib.sha256(body).hexdigest()
+    with pytest.raises(DownloadError, match=f"data.sha256 is not set.*`data.sha256: {sha}`"):
+        download(server.url("set.zip"), in_tmp / "dl" / "set.zip", "", backoff_s=0)
+    count = len(server.requests)
+    download(server.url("set.zip"), in_tmp / "dl" / "set.zip", sha, backoff_s=0)
+    assert [r for r in server.requests[count:] if r[1] is None] == []  # only a range probe, no new download
+
+
+def test_http_errors_and_bad_params_are_named(server, in_tmp):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(server.url("missing.zip"), in_tmp / "dl" / "missing.zip", "0" * 64, backoff_s=0)
+    raw = tiny_params_dict()
+    raw["data"].update(source="url", url="ftp://example.org/x.zip")
+    with pytest.raises(ConfigError, match="data.url to be an http"):
+        parse_params(raw)
+    raw["data"].update(url="http://example.org/x.zip", sha256="abc")
+    with pytest.raises(ConfigError, match="data.sha256"):
+        parse_params(raw)
+
+
+def _tar_with(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        tf.addfile(member, io.BytesIO(data) if data else None)
+    return buffer.getvalue()
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 3
+    return info
+
+
+def _link(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = "/etc/passwd"
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_file("../evil.png"), "outside the target folder"),
+        (_file("/abs/evil.png"), "outside the target folder"),
+        (_link("train/covid/link.png"), "is a link"),
+    ],
+    ids=["dotdot", "absolute", "symlink"],
+)
+def test_unsafe_tar_members_are_refused_before_extraction(tmp_path, member, message):
+    archive = tmp_path / "bad.tar.gz"
+    archive.write_bytes(_tar_with(member, b"abc" if member.isfile() else b""))
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(ArchiveError, match=message):
+        safe_extract(archive, target)
+    assert list(target.iterdir()) == []
+    assert not (tmp_path / "evil.png").exists()
+
+
+def test_zip_escape_is_refused(tmp_path):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../../evil.png", b"x")
+    with pytest.raises(ArchiveError, match=r"'../../evil.png' would be written outside"):
+        safe_extract(archive, tmp_path / "out")
+
+
+def test_folder_source_and_layout_errors(tmp_path, demo_root):
+    raw = tiny_params_dict()
+    raw["data"].update(source="folder", folder=str(demo_root))
+    out = tmp_path / "copy"
+    out.mkdir()
+    sources.write_dataset(parse_params(raw).data, 0, out)
+    assert verify_splits(out) == verify_splits(demo_root)
+    shutil.rmtree(demo_root / "test")
+    with pytest.raises(ArchiveError, match="no test split"):
+        sources.write_dataset(parse_params(raw).data, 0, tmp_path / "copy2")

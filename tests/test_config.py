@@ -75,3 +75,15 @@ def test_unreadable_files_are_named(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="list.yaml: expected a mapping"):
         load_params(listing)
+
+
+def test_allowed_names_match_what_the_code_builds():
+    from typing import get_args
+
+    from cxr.config import HeadConfig, ScheduleConfig, TrainConfig
+    from cxr.models import ACTIVATIONS
+    from cxr.optim import OPTIMIZERS, SCHEDULES
+
+    assert set(get_args(HeadConfig.model_fields["activation"].annotation)) == set(ACTIVATIONS)
+    assert set(get_args(TrainConfig.model_fields["optimizer"].annotation)) == set(OPTIMIZERS)
+    assert set(get_args(ScheduleConfig.model_fields["name"].annotation)) == set(SCHEDULES)

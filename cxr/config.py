@@ -73,6 +73,7 @@ class DataConfig(_Section):
 
 class VerifyConfig(_Section):
     min_per_class: PositiveInt
+    max_leaks: Annotated[int, Field(ge=0)]
 
 
 class HeadConfig(_Section):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -23,16 +26,32 @@ def count_images(root: Path) -> dict[str, dict[str, int]]:
     }
 
 
-def verify_splits(root: Path, min_per_class: int = 1) -> dict[str, dict[str, int]]:
-    """Return image counts per split and class; raise DatasetError listing every problem.
+@dataclass
+class VerifyReport:
+    """Counts per split and class, and groups of files whose decoded pixels are identical."""
+
+    counts: dict[str, dict[str, int]]
+    duplicates_within: list[list[str]] = field(default_factory=list)  # inside one split
+    duplicates_across: list[list[str]] = field(default_factory=list)  # spanning splits: a leak
+
+
+def _pixel_digest(img: Image.Image) -> str:
+    """Hash of the decoded pixels: the same image saved twice (or re-encoded losslessly) matches."""
+    return hashlib.sha256(f"{img.mode}{img.size}".encode() + img.tobytes()).hexdigest()
+
+
+def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0) -> VerifyReport:
+    """Check the splits under `root`; raise DatasetError listing every problem.
 
     Problems: a missing split, class sets that differ between splits, a class with fewer
-    than `min_per_class` images in a split, and files that do not decode.
+    than `min_per_class` images in a split, files that do not decode, and more than
+    `max_leaks` groups of identical images found in more than one split.
     """
     root = Path(root)
     problems: list[str] = []
     counts: dict[str, dict[str, int]] = {}
     class_sets = {}
+    by_digest: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     for split in SPLITS:
         try:
             class_sets[split] = split_classes(root / split)
@@ -48,6 +67,7 @@ def verify_splits(root: Path, min_per_class: int = 1) -> dict[str, dict[str, int
             try:
                 with Image.open(path) as img:
                     img.load()
+                    by_digest[_pixel_digest(img)].append((split, path))
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
                 problems.append(f"{path}: does not decode ({type(exc).__name__}: {exc})")
     reference = class_sets.get("train")
@@ -56,6 +76,19 @@ def verify_splits(root: Path, min_per_class: int = 1) -> dict[str, dict[str, int
             problems.append(f"{root / split}: classes {list(classes)} differ from train's {list(reference)}")
         if len(classes) < 2:
             problems.append(f"{root / split}: needs at least 2 classes, found {list(classes)}")
+    report = VerifyReport(counts)
+    for group in by_digest.values():
+        if len(group) > 1:
+            names = [str(path.relative_to(root)) for _, path in group]
+            crosses = len({split for split, _ in group}) > 1
+            (report.duplicates_across if crosses else report.duplicates_within).append(names)
+    if len(report.duplicates_across) > max_leaks:
+        listed = "\n    ".join(" = ".join(g) for g in report.duplicates_across[:20])
+        problems.append(
+            f"{len(report.duplicates_across)} images appear in more than one split (identical pixels), more than "
+            f"verify.max_leaks={max_leaks}; test scores would be inflated. Remove them from all but one split:"
+            f"\n    {listed}"
+        )
     if problems:
         raise DatasetError(f"{root}: dataset verification failed:\n  " + "\n  ".join(problems))
-    return counts
+    return report

@@ -12,12 +12,20 @@ from cxr.verification import verify_splits
 @stage("verify")
 def main() -> None:
     params = load_params()
-    counts = verify_splits(RAW_DIR, params.verify.min_per_class)
+    found = verify_splits(RAW_DIR, params.verify.min_per_class, params.verify.max_leaks)
+    counts = found.counts
     report = {
         "total": sum(sum(c.values()) for c in counts.values()),
         **{split: {"total": sum(c.values()), **c} for split, c in counts.items()},
+        "duplicate_groups": {
+            "within_split": len(found.duplicates_within),
+            "across_splits": len(found.duplicates_across),
+        },
     }
     write_json(DATA_METRICS, report)
+    for kind, groups in (("within a split", found.duplicates_within), ("across splits", found.duplicates_across)):
+        for group in groups:
+            print(f"verify: identical images {kind}: {' = '.join(group)}")
     print(f"verify: {report['total']} images in {len(counts)} splits are readable; counts in {DATA_METRICS}")
 
 

@@ -37,7 +37,7 @@ def test_real_files_go_through_folder_source_verify_and_decoding(tmp_path):
     out = tmp_path / "raw"
     out.mkdir()
     write_dataset(parse_params(raw).data, 0, out)
-    counts = verify_splits(out)
+    counts = verify_splits(out).counts
     assert sum(c["covid"] for c in counts.values()) == placed["covid"] == 95
     assert sum(c["normal"] for c in counts.values()) == placed["normal"] == 3
     split = scan_split(out, "train")

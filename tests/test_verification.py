@@ -7,7 +7,7 @@ from cxr.verification import verify_splits
 
 
 def test_demo_set_passes_with_counts(demo_root):
-    counts = verify_splits(demo_root)
+    counts = verify_splits(demo_root).counts
     assert counts == {
         "train": {"infected": 12, "normal": 12},
         "val": {"infected": 6, "normal": 6},
@@ -101,3 +101,26 @@ def test_labels_csv_gives_labels_and_classes(demo_root):
     (split_dir / "labels.csv").write_text("file,label\n")
     with pytest.raises(DatasetError, match="needs the columns path,labels"):
         verify_splits(demo_root)
+
+
+def test_identical_images_across_splits_are_a_leak(demo_root):
+    from PIL import Image
+
+    source = sorted((demo_root / "train" / "normal").glob("*.png"))[0]
+    # the same pixels re-encoded (another compression level) still count as the same image
+    with Image.open(source) as img:
+        img.save(demo_root / "test" / "normal" / "copied.png", compress_level=1)
+    shutil.copy(source, demo_root / "train" / "normal" / "again.png")
+    with pytest.raises(DatasetError) as err:
+        verify_splits(demo_root)
+    message = str(err.value)
+    assert "1 images appear in more than one split" in message and "verify.max_leaks=0" in message
+    assert "test/normal/copied.png" in message and f"train/normal/{source.name}" in message
+    report = verify_splits(demo_root, max_leaks=1)
+    assert len(report.duplicates_across) == 1 and len(report.duplicates_across[0]) == 3
+    assert report.duplicates_within == []
+    (demo_root / "test" / "normal" / "copied.png").unlink()
+    report = verify_splits(demo_root)
+    assert [sorted(g) for g in report.duplicates_within] == [
+        sorted([f"train/normal/{source.name}", "train/normal/again.png"])
+    ]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import stat
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from PIL import Image
+
 from cxr.errors import PipelineError
-from cxr.images import SPLITS
+from cxr.images import SPLITS, is_image, pixel_digest
 
 # Folder names accepted for each split, compared case-insensitively.
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -64,8 +67,15 @@ def _split_dirs(folder: Path) -> dict[str, Path]:
     return found
 
 
-def find_split_root(folder: Path) -> dict[str, Path]:
-    """The split folders of a dataset, looking through single wrapping folders (`dataset/train/...`)."""
+def _is_class_level(folder: Path) -> bool:
+    """Two or more sub-folders, each holding images directly: a `{class}/file` layout."""
+    dirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+    return len(dirs) >= 2 and all(any(is_image(f) for f in d.iterdir()) for d in dirs)
+
+
+def find_layout(folder: Path) -> dict[str, Path] | Path:
+    """The split folders of a dataset ({split: path}), or the folder of a `{class}/file` layout
+    that has no splits yet. Single wrapping folders (`dataset/train/...`) are looked through."""
     current = folder
     while True:
         found = _split_dirs(current)
@@ -77,20 +87,57 @@ def find_split_root(folder: Path) -> dict[str, Path]:
                     f"expected folders named {', '.join('/'.join(SPLIT_ALIASES[s]) for s in SPLITS)} (any case)"
                 )
             return found
-        children = [p for p in current.iterdir() if not p.name.startswith(".") and not p.name.startswith("__MACOSX")]
+        if _is_class_level(current):
+            return current
+        children = [p for p in current.iterdir() if not p.name.startswith((".", "__MACOSX"))]
         if len(children) == 1 and children[0].is_dir():
             current = children[0]
             continue
         raise ArchiveError(
-            f"{folder}: no train/val/test folders found (layout {{split}}/{{class}}/file expected; "
-            "splitting a {class}/file layout is not supported yet)"
+            f"{folder}: neither train/val/test folders nor class folders of images found "
+            "(expected {split}/{class}/file or {class}/file)"
         )
 
 
-def arrange_splits(source: Path, out_dir: Path, move: bool = False) -> None:
-    """Copy (or move) `source`'s split folders to `out_dir/{train,val,test}`."""
-    for split, folder in find_split_root(source).items():
+def split_by_fractions(class_root: Path, out_dir: Path, val: float, test: float, seed: int) -> None:
+    """Copy a `{class}/file` layout into `out_dir/{train,val,test}/{class}/`, stratified by class
+    and seeded. Files with identical decoded pixels (the same image twice, or one image filed
+    under several classes) always land in the same split, so the split never leaks."""
+    groups: dict[str, list[Path]] = {}
+    first_class: dict[str, str] = {}
+    for cls_dir in sorted(p for p in class_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(p for p in cls_dir.iterdir() if is_image(p)):
+            with Image.open(path) as img:
+                img.load()
+                key = pixel_digest(img)
+            groups.setdefault(key, []).append(path)
+            first_class.setdefault(key, cls_dir.name)
+    rng = random.Random(seed)
+    for cls in sorted(set(first_class.values())):
+        keys = sorted(k for k, c in first_class.items() if c == cls)
+        rng.shuffle(keys)
+        n_test, n_val = round(len(keys) * test), round(len(keys) * val)
+        for i, key in enumerate(keys):
+            split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+            for path in groups[key]:
+                dest = out_dir / split / path.parent.name / path.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest)
+    for split in SPLITS:  # every split gets every class folder, even if a small class left one empty
+        for cls_dir in class_root.iterdir():
+            if cls_dir.is_dir() and not cls_dir.name.startswith("."):
+                (out_dir / split / cls_dir.name).mkdir(parents=True, exist_ok=True)
+
+
+def arrange_splits(source: Path, out_dir: Path, val: float, test: float, seed: int, move: bool = False) -> str:
+    """Put `source`'s dataset into `out_dir/{train,val,test}`; return which layout was found."""
+    layout = find_layout(source)
+    if isinstance(layout, Path):
+        split_by_fractions(layout, out_dir, val, test, seed)
+        return f"{{class}}/file layout, split {1 - val - test:.2f}/{val:.2f}/{test:.2f} by class (seed {seed})"
+    for split, folder in layout.items():
         if move:
             shutil.move(str(folder), str(out_dir / split))
         else:
             shutil.copytree(folder, out_dir / split)
+    return "{split}/{class}/file layout (" + ", ".join(f"{s}={p.name}" for s, p in layout.items()) + ")"

@@ -52,11 +52,23 @@ class DemoConfig(_Section):
     difficulty: UnitFloat
 
 
+class SplitConfig(_Section):
+    val: Annotated[float, Field(ge=0.0, lt=1.0)]
+    test: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self):
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"val + test = {self.val + self.test:g} leaves nothing to train on; keep it below 1")
+        return self
+
+
 class DataConfig(_Section):
     source: Literal["demo", "url", "folder"]
     url: str
     sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")]
     folder: str
+    split: SplitConfig
     task: Literal["binary", "multiclass", "multilabel"]
     demo: DemoConfig
 

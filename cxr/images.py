@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,11 @@ def scan_split(root: Path, name: str, classes: tuple[str, ...] | None = None, mu
             "use data.task: multilabel, or give each image one label"
         )
     return Split(name, tuple(classes), files, np.asarray([classes.index(lb[0]) for _, lb in pairs], dtype=np.int64))
+
+
+def pixel_digest(img: Image.Image) -> str:
+    """Hash of decoded pixels: the same image saved twice, or re-encoded losslessly, matches."""
+    return hashlib.sha256(f"{img.mode}{img.size}".encode() + img.tobytes()).hexdigest()
 
 
 def open_rgb(path: Path) -> Image.Image:

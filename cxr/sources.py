@@ -24,16 +24,16 @@ def _from_url(data: DataConfig, seed: int, out_dir: Path) -> str:
     archive = download(data.url, DOWNLOAD_DIR / PurePosixPath(urlparse(data.url).path).name, data.sha256)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".extract.") as tmp:
         safe_extract(archive, Path(tmp))
-        arrange_splits(Path(tmp), out_dir, move=True)
-    return f"{archive.name} (sha256 {data.sha256[:12]}...)"
+        layout = arrange_splits(Path(tmp), out_dir, data.split.val, data.split.test, seed, move=True)
+    return f"{archive.name} (sha256 {data.sha256[:12]}...), {layout}"
 
 
 def _from_folder(data: DataConfig, seed: int, out_dir: Path) -> str:
     folder = Path(data.folder)
     if not folder.is_dir():
         raise DatasetError(f"data.folder={data.folder}: not a folder")
-    arrange_splits(folder, out_dir)
-    return f"a copy of {folder}"
+    layout = arrange_splits(folder, out_dir, data.split.val, data.split.test, seed)
+    return f"a copy of {folder}, {layout}"
 
 
 SOURCES = {"demo": _from_demo, "url": _from_url, "folder": _from_folder}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from cxr.images import SPLITS, DatasetError, labelled_files, split_classes
+from cxr.images import SPLITS, DatasetError, labelled_files, pixel_digest, split_classes
 
 
 def _class_counts(pairs: list[tuple[Path, tuple[str, ...]]], classes: tuple[str, ...]) -> dict[str, int]:
@@ -33,11 +32,6 @@ class VerifyReport:
     counts: dict[str, dict[str, int]]
     duplicates_within: list[list[str]] = field(default_factory=list)  # inside one split
     duplicates_across: list[list[str]] = field(default_factory=list)  # spanning splits: a leak
-
-
-def _pixel_digest(img: Image.Image) -> str:
-    """Hash of the decoded pixels: the same image saved twice (or re-encoded losslessly) matches."""
-    return hashlib.sha256(f"{img.mode}{img.size}".encode() + img.tobytes()).hexdigest()
 
 
 def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0) -> VerifyReport:
@@ -67,7 +61,7 @@ def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0) -> Ver
             try:
                 with Image.open(path) as img:
                     img.load()
-                    by_digest[_pixel_digest(img)].append((split, path))
+                    by_digest[pixel_digest(img)].append((split, path))
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
                 problems.append(f"{path}: does not decode ({type(exc).__name__}: {exc})")
     reference = class_sets.get("train")

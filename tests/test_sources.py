@@ -219,3 +219,40 @@ def test_folder_source_and_layout_errors(tmp_path, demo_root):
     shutil.rmtree(demo_root / "test")
     with pytest.raises(ArchiveError, match="no test split"):
         sources.write_dataset(parse_params(raw).data, 0, tmp_path / "copy2")
+
+
+def test_class_only_layout_is_split_stratified_seeded_and_leak_free(tmp_path, demo_root):
+    flat = tmp_path / "flat" / "dataset"  # wrapped in one folder, as archives often are
+    for split in ("train", "val", "test"):
+        for cls in ("infected", "normal"):
+            (flat / cls).mkdir(parents=True, exist_ok=True)
+            for path in (demo_root / split / cls).glob("*.png"):
+                shutil.copy(path, flat / cls / f"{split}_{path.name}")
+    dup = sorted((flat / "normal").glob("*.png"))[0]
+    shutil.copy(dup, flat / "normal" / "zz_copy_of_first.png")  # the same image twice
+    raw = tiny_params_dict()
+    raw["data"].update(source="folder", folder=str(tmp_path / "flat"), split={"val": 0.25, "test": 0.25})
+    params = parse_params(raw)
+
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        out.mkdir()
+        description = sources.write_dataset(params.data, params.seed, out)
+        assert "{class}/file layout" in description
+        outs.append(out)
+    report = verify_splits(outs[0])  # would raise on a leak across splits
+    # 24 unique images per class: 6 test, 6 val, 12 train; the duplicate follows its twin
+    assert [report.counts[s]["infected"] for s in ("train", "val", "test")] == [12, 6, 6]
+    normal = [report.counts[s]["normal"] for s in ("train", "val", "test")]
+    assert normal in ([13, 6, 6], [12, 7, 6], [12, 6, 7])
+    (twins,) = report.duplicates_within
+    assert len({name.split("/")[0] for name in twins}) == 1 and report.duplicates_across == []
+    listing = [sorted(str(p.relative_to(o)) for p in o.rglob("*.png")) for o in outs]
+    assert listing[0] == listing[1]  # same seed, same split
+
+    raw["seed"] = params.seed + 1
+    other = tmp_path / "c"
+    other.mkdir()
+    sources.write_dataset(parse_params(raw).data, params.seed + 1, other)
+    assert sorted(str(p.relative_to(other)) for p in other.rglob("*.png")) != listing[0]

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxr.errors import PipelineError
+from cxr.presets import PRESETS
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -64,7 +65,9 @@ class SplitConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["demo", "url", "folder"]
+    source: Literal["demo", "url", "folder", "gdrive"]
+    preset: str
+    gdrive_id: str
     url: str
     sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")]
     folder: str
@@ -78,6 +81,10 @@ class DataConfig(_Section):
             raise ValueError(
                 f"source 'url' needs data.url to be an http(s) address of a .zip/.tar/.tar.gz, got {self.url!r}"
             )
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r} is not known; allowed values are {', '.join(PRESETS)} or ''")
+        if self.source == "gdrive" and not (self.gdrive_id or self.preset):
+            raise ValueError("source 'gdrive' needs data.gdrive_id (a Google Drive file id) or data.preset")
         if self.source == "folder" and not self.folder:
             raise ValueError("source 'folder' needs data.folder: a folder holding {train,val,test}/{class}/images")
         return self

@@ -84,18 +84,23 @@ def download(
             wait = backoff_s * 2**attempt
             print(f"download: attempt {attempt + 1} failed ({type(exc).__name__}); retrying in {wait:g} s")
             time.sleep(wait)
-    got = sha256_of(part)
+    check_pinned(part, sha256, url)
+    os.replace(part, target)
+    return target
+
+
+def check_pinned(path: Path, sha256: str, origin: str) -> None:
+    """Raise unless `path` has the pinned sha256: a mismatch deletes it; no pin prints its hash."""
+    got = sha256_of(path)
     if not sha256:
         raise DownloadError(
-            f"data.sha256 is not set: {url} downloaded with sha256 {got}. "
+            f"data.sha256 is not set: {origin} downloaded with sha256 {got}. "
             f"Pin it for reproducibility: `data.sha256: {got}` "
             "(the file is kept; the next run does not download it again)"
         )
     if got != sha256:
-        part.unlink()
+        path.unlink()
         raise DownloadError(
-            f"data.url={url}: sha256 mismatch: expected data.sha256={sha256}, downloaded {got}. "
-            "The file was deleted; check the URL and the pinned hash."
+            f"{origin}: sha256 mismatch: expected data.sha256={sha256}, downloaded {got}. "
+            "The file was deleted; check the source and the pinned hash."
         )
-    os.replace(part, target)
-    return target

@@ -9,8 +9,9 @@ from urllib.parse import urlparse
 from cxr.archives import arrange_splits, safe_extract
 from cxr.config import DataConfig
 from cxr.demo_data import write_demo_dataset
-from cxr.images import DatasetError
+from cxr.images import DatasetError, is_image
 from cxr.paths import DOWNLOAD_DIR
+from cxr.presets import PRESETS
 
 
 def _from_demo(data: DataConfig, seed: int, out_dir: Path) -> str:
@@ -18,14 +19,52 @@ def _from_demo(data: DataConfig, seed: int, out_dir: Path) -> str:
     return f"{sum(sum(c.values()) for c in counts.values())} synthetic {data.task} demo images"
 
 
+def _unpack(archive: Path, data: DataConfig, seed: int, out_dir: Path) -> str:
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".extract.") as tmp:
+        safe_extract(archive, Path(tmp))
+        return arrange_splits(Path(tmp), out_dir, data.split.val, data.split.test, seed, move=True)
+
+
 def _from_url(data: DataConfig, seed: int, out_dir: Path) -> str:
     from cxr.fetch import download  # network code only where it is used
 
     archive = download(data.url, DOWNLOAD_DIR / PurePosixPath(urlparse(data.url).path).name, data.sha256)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".extract.") as tmp:
-        safe_extract(archive, Path(tmp))
-        layout = arrange_splits(Path(tmp), out_dir, data.split.val, data.split.test, seed, move=True)
-    return f"{archive.name} (sha256 {data.sha256[:12]}...), {layout}"
+    return f"{archive.name} (sha256 {data.sha256[:12]}...), {_unpack(archive, data, seed, out_dir)}"
+
+
+def _from_gdrive(data: DataConfig, seed: int, out_dir: Path) -> str:
+    import gdown  # well-kept Google Drive client: confirmation pages, cookies, resumable downloads
+
+    from cxr.fetch import DownloadError, check_pinned, sha256_of
+
+    preset = PRESETS.get(data.preset)
+    ids = preset.gdrive_ids if preset else (data.gdrive_id,)
+    folder = DOWNLOAD_DIR / "gdrive"
+    folder.mkdir(parents=True, exist_ok=True)
+    archive, failures = None, []
+    for file_id in ids:
+        cached = [p for p in folder.glob(f"{file_id}.*") if not p.name.endswith(".part")]
+        if cached and data.sha256 and sha256_of(cached[0]) == data.sha256:
+            archive = cached[0]
+            break
+        try:
+            got = gdown.download(id=file_id, output=str(folder) + "/", resume=True, retries=3, quiet=False)
+        except Exception as exc:  # noqa: BLE001 - gdown raises many types for network and Drive errors
+            failures.append(f"{file_id}: {type(exc).__name__}: {exc}")
+            continue
+        if got:
+            archive = Path(got).rename(folder / f"{file_id}{''.join(Path(got).suffixes) or '.zip'}")
+            break
+        failures.append(f"{file_id}: gdown returned nothing")
+    if archive is None:
+        raise DownloadError(f"data.source=gdrive: no Google Drive id could be downloaded ({'; '.join(failures)})")
+    check_pinned(archive, data.sha256, f"Google Drive file {archive.stem}")
+    layout = _unpack(archive, data, seed, out_dir)
+    if preset and preset.expected:
+        got = {s: sum(1 for p in (out_dir / s).rglob("*") if is_image(p)) for s in preset.expected}
+        if got != preset.expected:
+            raise DatasetError(f"data.preset={data.preset}: expected {preset.expected} images per split, found {got}")
+    return f"{archive.name} from Google Drive, {layout}"
 
 
 def _from_folder(data: DataConfig, seed: int, out_dir: Path) -> str:
@@ -36,9 +75,10 @@ def _from_folder(data: DataConfig, seed: int, out_dir: Path) -> str:
     return f"a copy of {folder}, {layout}"
 
 
-SOURCES = {"demo": _from_demo, "url": _from_url, "folder": _from_folder}
+SOURCES = {"demo": _from_demo, "url": _from_url, "folder": _from_folder, "gdrive": _from_gdrive}
 
 
 def write_dataset(data: DataConfig, seed: int, out_dir: Path) -> str:
-    """Fill the empty folder `out_dir` with {train,val,test}/{class}/images; describe what came in."""
-    return SOURCES[data.source](data, seed, out_dir)
+    """Fill the empty folder `out_dir` with {train,val,test}/{class}/images; describe what came in.
+    A `data.preset` names a Google Drive dataset and takes precedence over `data.source`."""
+    return SOURCES["gdrive" if data.preset else data.source](data, seed, out_dir)

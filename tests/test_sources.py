@@ -17,6 +17,7 @@ from cxr import sources
 from cxr.archives import ArchiveError, safe_extract
 from cxr.config import ConfigError, parse_params
 from cxr.fetch import DownloadError, download
+from cxr.images import DatasetError
 from cxr.verification import verify_splits
 from tests.conftest import tiny_params_dict
 
@@ -117,7 +118,7 @@ def test_good_archive_becomes_the_split_layout(server, demo_root, in_tmp):
 
 def test_checksum_mismatch_fails_and_keeps_nothing(server, in_tmp):
     server.files["set.zip"] = b"not what was pinned"
-    with pytest.raises(DownloadError, match=r"sha256 mismatch: expected data.sha256=0{64}"):
+    with pytest.raises(DownloadError, match=r"set.zip: sha256 mismatch: expected data.sha256=0{64}"):
         download(server.url("set.zip"), in_tmp / "dl" / "set.zip", "0" * 64, backoff_s=0)
     assert list((in_tmp / "dl").iterdir()) == []
 
@@ -256,3 +257,65 @@ def test_class_only_layout_is_split_stratified_seeded_and_leak_free(tmp_path, de
     other.mkdir()
     sources.write_dataset(parse_params(raw).data, params.seed + 1, other)
     assert sorted(str(p.relative_to(other)) for p in other.rglob("*.png")) != listing[0]
+
+
+class FakeGdown:
+    """Stands in for gdown's network layer: serves archives by Drive id into the output folder."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.calls = files, []
+
+    def download(self, id, output, **kwargs):  # noqa: A002 - gdown's parameter name
+        self.calls.append(id)
+        if id not in self.files:
+            raise RuntimeError(f"Cannot retrieve the public link of the file {id}")
+        path = Path(output) / "course_dataset.zip"
+        path.write_bytes(self.files[id])
+        return str(path)
+
+
+def _gdrive_params(**data):
+    raw = tiny_params_dict()
+    raw["data"].update(data)
+    return parse_params(raw)
+
+
+def test_gdrive_source_through_a_replaced_network_layer(monkeypatch, in_tmp, demo_root):
+    import gdown
+
+    body = _zip_of(demo_root)
+    sha = hashlib.sha256(body).hexdigest()
+    fake = FakeGdown({"FILE_ID": body})
+    monkeypatch.setattr(gdown, "download", fake.download)
+    out = in_tmp / "extracted"
+    out.mkdir()
+    what = sources.write_dataset(_gdrive_params(source="gdrive", gdrive_id="FILE_ID", sha256=sha).data, 0, out)
+    assert "from Google Drive" in what and verify_splits(out) == verify_splits(demo_root)
+    again = in_tmp / "again"
+    again.mkdir()
+    sources.write_dataset(_gdrive_params(source="gdrive", gdrive_id="FILE_ID", sha256=sha).data, 0, again)
+    assert fake.calls == ["FILE_ID"]  # the verified archive on disk is reused
+    with pytest.raises(DownloadError, match="data.sha256 is not set"):
+        sources.write_dataset(_gdrive_params(source="gdrive", gdrive_id="FILE_ID").data, 0, in_tmp / "x")
+
+
+def test_preset_tries_its_ids_in_order_and_checks_expected_counts(monkeypatch, in_tmp, demo_root):
+    import gdown
+
+    from cxr.presets import PRESETS
+
+    first, second = PRESETS["covid-binary"].gdrive_ids
+    body = _zip_of(demo_root)
+    fake = FakeGdown({second: body})  # the first id fails: the mirror is used
+    monkeypatch.setattr(gdown, "download", fake.download)
+    params = _gdrive_params(preset="covid-binary", sha256=hashlib.sha256(body).hexdigest())
+    out = in_tmp / "extracted"
+    out.mkdir()
+    with pytest.raises(DatasetError, match=r"data.preset=covid-binary: expected \{'train': 12000.*found \{'train': 24"):
+        sources.write_dataset(params.data, 0, out)
+    assert fake.calls == [first, second]
+    with pytest.raises(ConfigError, match="preset 'covid-9class' is not known"):
+        _gdrive_params(preset="covid-9class")
+    monkeypatch.setattr(gdown, "download", FakeGdown({}).download)
+    with pytest.raises(DownloadError, match="no Google Drive id could be downloaded"):
+        sources.write_dataset(_gdrive_params(source="gdrive", gdrive_id="NOPE", sha256="0" * 64).data, 0, out)

@@ -93,6 +93,7 @@ class DataConfig(_Section):
 class VerifyConfig(_Section):
     min_per_class: PositiveInt
     max_leaks: Annotated[int, Field(ge=0)]
+    max_pixels: Annotated[int, Field(ge=1024)]
 
 
 class HeadConfig(_Section):

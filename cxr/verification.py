@@ -34,11 +34,11 @@ class VerifyReport:
     duplicates_across: list[list[str]] = field(default_factory=list)  # spanning splits: a leak
 
 
-def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0) -> VerifyReport:
+def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0, max_pixels: int = 50_000_000) -> VerifyReport:
     """Check the splits under `root`; raise DatasetError listing every problem.
 
     Problems: a missing split, class sets that differ between splits, a class with fewer
-    than `min_per_class` images in a split, files that do not decode, and more than
+    than `min_per_class` images in a split, files that do not decode or exceed `max_pixels`, and more than
     `max_leaks` groups of identical images found in more than one split.
     """
     root = Path(root)
@@ -60,6 +60,12 @@ def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0) -> Ver
         for path in sorted({path for path, _ in pairs}):
             try:
                 with Image.open(path) as img:
+                    if img.width * img.height > max_pixels:  # checked from the header, before decoding
+                        problems.append(
+                            f"{path}: {img.width}x{img.height} = {img.width * img.height:,} pixels, over "
+                            f"verify.max_pixels={max_pixels:,}; downscale it or raise the limit"
+                        )
+                        continue
                     img.load()
                     by_digest[pixel_digest(img)].append((split, path))
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file

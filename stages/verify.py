@@ -12,7 +12,7 @@ from cxr.verification import verify_splits
 @stage("verify")
 def main() -> None:
     params = load_params()
-    found = verify_splits(RAW_DIR, params.verify.min_per_class, params.verify.max_leaks)
+    found = verify_splits(RAW_DIR, params.verify.min_per_class, params.verify.max_leaks, params.verify.max_pixels)
     counts = found.counts
     report = {
         "total": sum(sum(c.values()) for c in counts.values()),

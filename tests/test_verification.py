@@ -124,3 +124,38 @@ def test_identical_images_across_splits_are_a_leak(demo_root):
     assert [sorted(g) for g in report.duplicates_within] == [
         sorted([f"train/normal/{source.name}", "train/normal/again.png"])
     ]
+
+
+def test_awkward_image_modes_decode_and_bad_files_are_named(demo_root):
+    """16-bit, RGBA, palette, CMYK JPEG and EXIF-rotated files all become 8-bit RGB; a truncated
+    file and an oversized image fail verify by name."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    folder = demo_root / "train" / "normal"
+    wide = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (20, 1))  # 40 wide, 20 high
+    Image.fromarray(wide.astype(np.uint16) * 257).save(folder / "deep16.png")
+    Image.fromarray(wide).convert("RGBA").save(folder / "alpha.png")
+    Image.fromarray(wide).convert("P").save(folder / "palette.png")
+    Image.fromarray(wide).convert("CMYK").save(folder / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    Image.fromarray(wide).save(folder / "rotated.jpg", exif=exif)
+    for name in ("deep16.png", "alpha.png", "palette.png", "cmyk.jpg"):
+        img = open_rgb(folder / name)
+        assert img.mode == "RGB" and img.size == (40, 20), name
+        assert np.asarray(img).max() > 200, name  # contrast survives the conversion
+    assert open_rgb(folder / "rotated.jpg").size == (20, 40)  # EXIF orientation applied
+    assert verify_splits(demo_root).counts["train"]["normal"] == 17
+
+    whole = io.BytesIO()
+    Image.fromarray(wide).save(whole, format="PNG")
+    (folder / "truncated.png").write_bytes(whole.getvalue()[:-30])
+    Image.new("L", (3000, 2000)).save(demo_root / "val" / "infected" / "huge.png")
+    with pytest.raises(DatasetError) as err:
+        verify_splits(demo_root, max_pixels=5_000_000)
+    message = str(err.value)
+    assert "truncated.png: does not decode" in message
+    assert "huge.png: 3000x2000 = 6,000,000 pixels, over verify.max_pixels=5,000,000" in message

@@ -68,6 +68,19 @@ def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
     return rows
 
 
+def split_patients(split_dir: Path) -> dict[str, list[Path]]:
+    """Images per patient id, from a split's labels.csv `patient_id` column (empty if none)."""
+    csv_path = Path(split_dir) / LABELS_CSV
+    if not csv_path.is_file():
+        return {}
+    patients: dict[str, list[Path]] = {}
+    with csv_path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if (row.get("patient_id") or "").strip():
+                patients.setdefault(row["patient_id"].strip(), []).append(Path(split_dir) / row["path"].strip())
+    return patients
+
+
 def labelled_files(split_dir: Path, merge_by_name: bool = False) -> list[tuple[Path, tuple[str, ...]]]:
     """(image, class names) pairs of a split, in a deterministic order.
 

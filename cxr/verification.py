@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cxr.images import SPLITS, DatasetError, labelled_files, pixel_digest, split_classes
+from cxr.images import SPLITS, DatasetError, labelled_files, pixel_digest, split_classes, split_patients
 
 
 def _class_counts(pairs: list[tuple[Path, tuple[str, ...]]], classes: tuple[str, ...]) -> dict[str, int]:
@@ -32,6 +32,7 @@ class VerifyReport:
     counts: dict[str, dict[str, int]]
     duplicates_within: list[list[str]] = field(default_factory=list)  # inside one split
     duplicates_across: list[list[str]] = field(default_factory=list)  # spanning splits: a leak
+    patients_across: dict[str, list[str]] = field(default_factory=dict)  # patient id -> splits: a leak
 
 
 def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0, max_pixels: int = 50_000_000) -> VerifyReport:
@@ -82,12 +83,19 @@ def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0, max_pi
             names = [str(path.relative_to(root)) for _, path in group]
             crosses = len({split for split, _ in group}) > 1
             (report.duplicates_across if crosses else report.duplicates_within).append(names)
-    if len(report.duplicates_across) > max_leaks:
-        listed = "\n    ".join(" = ".join(g) for g in report.duplicates_across[:20])
+    splits_of_patient: dict[str, list[str]] = defaultdict(list)
+    for split in counts:
+        for patient in split_patients(root / split):
+            splits_of_patient[patient].append(split)
+    report.patients_across = {p: s for p, s in sorted(splits_of_patient.items()) if len(s) > 1}
+    leaks = len(report.duplicates_across) + len(report.patients_across)
+    if leaks > max_leaks:
+        listed = [" = ".join(g) for g in report.duplicates_across[:20]]
+        listed += [f"patient {p} in {' and '.join(s)}" for p, s in list(report.patients_across.items())[:20]]
         problems.append(
-            f"{len(report.duplicates_across)} images appear in more than one split (identical pixels), more than "
-            f"verify.max_leaks={max_leaks}; test scores would be inflated. Remove them from all but one split:"
-            f"\n    {listed}"
+            f"{leaks} leaks across splits ({len(report.duplicates_across)} images with identical pixels, "
+            f"{len(report.patients_across)} patients), more than verify.max_leaks={max_leaks}; test scores would be "
+            "inflated. Keep each image and each patient in one split:\n    " + "\n    ".join(listed)
         )
     if problems:
         raise DatasetError(f"{root}: dataset verification failed:\n  " + "\n  ".join(problems))

@@ -21,6 +21,7 @@ def main() -> None:
             "within_split": len(found.duplicates_within),
             "across_splits": len(found.duplicates_across),
         },
+        "patients_across_splits": len(found.patients_across),
     }
     write_json(DATA_METRICS, report)
     for kind, groups in (("within a split", found.duplicates_within), ("across splits", found.duplicates_across)):

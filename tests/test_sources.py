@@ -319,3 +319,36 @@ def test_preset_tries_its_ids_in_order_and_checks_expected_counts(monkeypatch, i
     monkeypatch.setattr(gdown, "download", FakeGdown({}).download)
     with pytest.raises(DownloadError, match="no Google Drive id could be downloaded"):
         sources.write_dataset(_gdrive_params(source="gdrive", gdrive_id="NOPE", sha256="0" * 64).data, 0, out)
+
+
+def test_csv_layout_splits_by_patient_and_verify_catches_patient_leaks(tmp_path, demo_root):
+    base = tmp_path / "csvset"
+    rows = ["path,label,patient_id"]
+    for cls in ("infected", "normal"):
+        for i, path in enumerate(
+            sorted(p for s in ("train", "val", "test") for p in (demo_root / s / cls).glob("*.png"))
+        ):
+            dest = base / "img" / f"{cls}_{path.parent.parent.name}_{path.name}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, dest)
+            rows.append(f"img/{dest.name},{cls},{cls}-patient-{i // 3}")  # three images per patient
+    (base / "labels.csv").write_text("\n".join(rows) + "\n")
+    raw = tiny_params_dict()
+    raw["data"].update(source="folder", folder=str(base), split={"val": 0.25, "test": 0.25})
+    out = tmp_path / "out"
+    out.mkdir()
+    assert "CSV layout" in sources.write_dataset(parse_params(raw).data, 7, out)
+    report = verify_splits(out)  # raises on any patient in two splits
+    assert report.patients_across == {}
+    assert [report.counts[s]["infected"] for s in ("train", "val", "test")] == [12, 6, 6]  # 8 patients: 4/2/2
+
+    # move one image of a test patient into train: verify names the patient
+    test_rows = (out / "test" / "labels.csv").read_text().splitlines()
+    moved = test_rows[1].split(",")
+    shutil.copy(out / "test" / moved[0], out / "train" / "images" / "img" / "moved.png")
+    with (out / "train" / "labels.csv").open("a") as f:
+        f.write(f"images/img/moved.png,{moved[1]},{moved[2]}\n")
+    with pytest.raises(
+        DatasetError, match=f"patient {moved[2]} in test and train|patient {moved[2]} in train and test"
+    ):
+        verify_splits(out)

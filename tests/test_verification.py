@@ -114,7 +114,8 @@ def test_identical_images_across_splits_are_a_leak(demo_root):
     with pytest.raises(DatasetError) as err:
         verify_splits(demo_root)
     message = str(err.value)
-    assert "1 images appear in more than one split" in message and "verify.max_leaks=0" in message
+    assert "1 leaks across splits (1 images with identical pixels, 0 patients)" in message
+    assert "verify.max_leaks=0" in message
     assert "test/normal/copied.png" in message and f"train/normal/{source.name}" in message
     report = verify_splits(demo_root, max_leaks=1)
     assert len(report.duplicates_across) == 1 and len(report.duplicates_across[0]) == 3

@@ -10,10 +10,12 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 from PIL import Image
 
 from cxr.errors import PipelineError
 from cxr.images import LABELS_CSV, SPLITS, is_image, pixel_digest
+from cxr.similarity import difference_hash, near_pairs
 
 # Folder names accepted for each split, compared case-insensitively.
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -122,18 +124,28 @@ class _Groups:
 
 
 def assign_splits(
-    files: list[Path], strata: list[str], patients: list[str | None], val: float, test: float, seed: int
+    files: list[Path],
+    strata: list[str],
+    patients: list[str | None],
+    val: float,
+    test: float,
+    seed: int,
+    near_bits: int = 8,
 ) -> list[str]:
     """A split name per file: stratified by `strata`, seeded, and never separating files with
-    identical pixels or the same patient id."""
+    identical pixels, near-identical ones (perceptual hash within `near_bits`) or one patient."""
     groups = _Groups(len(files))
-    digests = []
+    digests, hashes = [], []
     for path in files:
         with Image.open(path) as img:
             img.load()
             digests.append(pixel_digest(img))
+            hashes.append(difference_hash(img))
     groups.join_by(digests)
     groups.join_by(patients)
+    if hashes:
+        for i, j in near_pairs(np.stack(hashes), near_bits):
+            groups.parent[groups.find(j)] = groups.find(i)
     roots = sorted({groups.find(i) for i in range(len(files))})
     rng = random.Random(seed)
     split_of_root = {}
@@ -146,12 +158,12 @@ def assign_splits(
     return [split_of_root[groups.find(i)] for i in range(len(files))]
 
 
-def split_by_fractions(class_root: Path, out_dir: Path, val: float, test: float, seed: int) -> None:
+def split_by_fractions(class_root: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8) -> None:
     """Copy a `{class}/file` layout into `out_dir/{train,val,test}/{class}/`, stratified by class
     and seeded; identical images (one image filed twice, or under two classes) stay together."""
     class_dirs = sorted(p for p in class_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = [path for d in class_dirs for path in sorted(p for p in d.iterdir() if is_image(p))]
-    splits = assign_splits(files, [p.parent.name for p in files], [None] * len(files), val, test, seed)
+    splits = assign_splits(files, [p.parent.name for p in files], [None] * len(files), val, test, seed, near_bits)
     for path, split in zip(files, splits, strict=True):
         dest = out_dir / split / path.parent.name / path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +173,7 @@ def split_by_fractions(class_root: Path, out_dir: Path, val: float, test: float,
             (out_dir / split / d.name).mkdir(parents=True, exist_ok=True)
 
 
-def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, seed: int) -> None:
+def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8) -> None:
     """A root CSV (`path`, `labels` or `label`, optional `patient_id` and `split`) into
     `out_dir/{split}/images/...` plus a per-split labels.csv. Without a `split` column the split
     is made here, by patient when patient ids are given."""
@@ -190,7 +202,7 @@ def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, se
                 raise ArchiveError(f"{csv_path}:{line}: split {row['split']!r} is not one of train/val/test")
             splits.append(alias[name])
     else:
-        splits = assign_splits(files, [lb.split(";")[0] for lb in labels], patients, val, test, seed)
+        splits = assign_splits(files, [lb.split(";")[0] for lb in labels], patients, val, test, seed, near_bits)
     written: dict[str, list[list[str]]] = {s: [] for s in SPLITS}
     for path, label, patient, split in zip(files, labels, patients, splits, strict=True):
         rel = Path("images") / path.relative_to(base)
@@ -206,14 +218,16 @@ def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, se
             writer.writerows(table)
 
 
-def arrange_splits(source: Path, out_dir: Path, val: float, test: float, seed: int, move: bool = False) -> str:
+def arrange_splits(
+    source: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8, move: bool = False
+) -> str:
     """Put `source`'s dataset into `out_dir/{train,val,test}`; return which layout was found."""
     layout = find_layout(source)
     if isinstance(layout, Path) and layout.is_file():
-        split_csv_dataset(layout, out_dir, val, test, seed)
+        split_csv_dataset(layout, out_dir, val, test, seed, near_bits)
         return f"CSV layout ({layout.name}), split by patient where ids are given (seed {seed})"
     if isinstance(layout, Path):
-        split_by_fractions(layout, out_dir, val, test, seed)
+        split_by_fractions(layout, out_dir, val, test, seed, near_bits)
         return f"{{class}}/file layout, split {1 - val - test:.2f}/{val:.2f}/{test:.2f} by class (seed {seed})"
     for split, folder in layout.items():
         if move:

@@ -94,6 +94,7 @@ class VerifyConfig(_Section):
     min_per_class: PositiveInt
     max_leaks: Annotated[int, Field(ge=0)]
     max_pixels: Annotated[int, Field(ge=1024)]
+    near_duplicate_bits: Annotated[int, Field(ge=0, le=64)]
 
 
 class HeadConfig(_Section):

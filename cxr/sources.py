@@ -14,25 +14,25 @@ from cxr.paths import DOWNLOAD_DIR
 from cxr.presets import PRESETS
 
 
-def _from_demo(data: DataConfig, seed: int, out_dir: Path) -> str:
+def _from_demo(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
     counts = write_demo_dataset(out_dir, data, seed)
     return f"{sum(sum(c.values()) for c in counts.values())} synthetic {data.task} demo images"
 
 
-def _unpack(archive: Path, data: DataConfig, seed: int, out_dir: Path) -> str:
+def _unpack(archive: Path, data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".extract.") as tmp:
         safe_extract(archive, Path(tmp))
-        return arrange_splits(Path(tmp), out_dir, data.split.val, data.split.test, seed, move=True)
+        return arrange_splits(Path(tmp), out_dir, data.split.val, data.split.test, seed, near_bits, move=True)
 
 
-def _from_url(data: DataConfig, seed: int, out_dir: Path) -> str:
+def _from_url(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
     from cxr.fetch import download  # network code only where it is used
 
     archive = download(data.url, DOWNLOAD_DIR / PurePosixPath(urlparse(data.url).path).name, data.sha256)
-    return f"{archive.name} (sha256 {data.sha256[:12]}...), {_unpack(archive, data, seed, out_dir)}"
+    return f"{archive.name} (sha256 {data.sha256[:12]}...), {_unpack(archive, data, seed, out_dir, near_bits)}"
 
 
-def _from_gdrive(data: DataConfig, seed: int, out_dir: Path) -> str:
+def _from_gdrive(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
     import gdown  # well-kept Google Drive client: confirmation pages, cookies, resumable downloads
 
     from cxr.fetch import DownloadError, check_pinned, sha256_of
@@ -59,7 +59,7 @@ def _from_gdrive(data: DataConfig, seed: int, out_dir: Path) -> str:
     if archive is None:
         raise DownloadError(f"data.source=gdrive: no Google Drive id could be downloaded ({'; '.join(failures)})")
     check_pinned(archive, data.sha256, f"Google Drive file {archive.stem}")
-    layout = _unpack(archive, data, seed, out_dir)
+    layout = _unpack(archive, data, seed, out_dir, near_bits)
     if preset and preset.expected:
         got = {s: sum(1 for p in (out_dir / s).rglob("*") if is_image(p)) for s in preset.expected}
         if got != preset.expected:
@@ -67,18 +67,18 @@ def _from_gdrive(data: DataConfig, seed: int, out_dir: Path) -> str:
     return f"{archive.name} from Google Drive, {layout}"
 
 
-def _from_folder(data: DataConfig, seed: int, out_dir: Path) -> str:
+def _from_folder(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
     folder = Path(data.folder)
     if not folder.is_dir():
         raise DatasetError(f"data.folder={data.folder}: not a folder")
-    layout = arrange_splits(folder, out_dir, data.split.val, data.split.test, seed)
+    layout = arrange_splits(folder, out_dir, data.split.val, data.split.test, seed, near_bits)
     return f"a copy of {folder}, {layout}"
 
 
 SOURCES = {"demo": _from_demo, "url": _from_url, "folder": _from_folder, "gdrive": _from_gdrive}
 
 
-def write_dataset(data: DataConfig, seed: int, out_dir: Path) -> str:
+def write_dataset(data: DataConfig, seed: int, out_dir: Path, near_bits: int = 8) -> str:
     """Fill the empty folder `out_dir` with {train,val,test}/{class}/images; describe what came in.
     A `data.preset` names a Google Drive dataset and takes precedence over `data.source`."""
-    return SOURCES["gdrive" if data.preset else data.source](data, seed, out_dir)
+    return SOURCES["gdrive" if data.preset else data.source](data, seed, out_dir, near_bits)

@@ -6,9 +6,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from cxr.images import SPLITS, DatasetError, labelled_files, pixel_digest, split_classes, split_patients
+from cxr.similarity import difference_hash, near_pairs
 
 
 def _class_counts(pairs: list[tuple[Path, tuple[str, ...]]], classes: tuple[str, ...]) -> dict[str, int]:
@@ -33,9 +35,13 @@ class VerifyReport:
     duplicates_within: list[list[str]] = field(default_factory=list)  # inside one split
     duplicates_across: list[list[str]] = field(default_factory=list)  # spanning splits: a leak
     patients_across: dict[str, list[str]] = field(default_factory=dict)  # patient id -> splits: a leak
+    near_within: list[list[str]] = field(default_factory=list)  # perceptual-hash pairs, one split
+    near_across: list[list[str]] = field(default_factory=list)  # perceptual-hash pairs across splits: a leak
 
 
-def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0, max_pixels: int = 50_000_000) -> VerifyReport:
+def verify_splits(
+    root: Path, min_per_class: int = 1, max_leaks: int = 0, max_pixels: int = 50_000_000, near_bits: int = 8
+) -> VerifyReport:
     """Check the splits under `root`; raise DatasetError listing every problem.
 
     Problems: a missing split, class sets that differ between splits, a class with fewer
@@ -47,6 +53,7 @@ def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0, max_pi
     counts: dict[str, dict[str, int]] = {}
     class_sets = {}
     by_digest: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    seen: list[tuple[str, Path, np.ndarray]] = []
     for split in SPLITS:
         try:
             class_sets[split] = split_classes(root / split)
@@ -68,7 +75,10 @@ def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0, max_pi
                         )
                         continue
                     img.load()
-                    by_digest[pixel_digest(img)].append((split, path))
+                    digest = pixel_digest(img)
+                    if digest not in by_digest:  # exact copies are reported as such, not as near ones
+                        seen.append((split, path, difference_hash(img)))
+                    by_digest[digest].append((split, path))
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
                 problems.append(f"{path}: does not decode ({type(exc).__name__}: {exc})")
     reference = class_sets.get("train")
@@ -83,17 +93,23 @@ def verify_splits(root: Path, min_per_class: int = 1, max_leaks: int = 0, max_pi
             names = [str(path.relative_to(root)) for _, path in group]
             crosses = len({split for split, _ in group}) > 1
             (report.duplicates_across if crosses else report.duplicates_within).append(names)
+    if seen:
+        for i, j in near_pairs(np.stack([h for _, _, h in seen]), near_bits):
+            names = [str(seen[k][1].relative_to(root)) for k in (i, j)]
+            (report.near_across if seen[i][0] != seen[j][0] else report.near_within).append(names)
     splits_of_patient: dict[str, list[str]] = defaultdict(list)
     for split in counts:
         for patient in split_patients(root / split):
             splits_of_patient[patient].append(split)
     report.patients_across = {p: s for p, s in sorted(splits_of_patient.items()) if len(s) > 1}
-    leaks = len(report.duplicates_across) + len(report.patients_across)
+    leaks = len(report.duplicates_across) + len(report.near_across) + len(report.patients_across)
     if leaks > max_leaks:
         listed = [" = ".join(g) for g in report.duplicates_across[:20]]
+        listed += [" ~ ".join(g) for g in report.near_across[:20]]
         listed += [f"patient {p} in {' and '.join(s)}" for p, s in list(report.patients_across.items())[:20]]
         problems.append(
             f"{leaks} leaks across splits ({len(report.duplicates_across)} images with identical pixels, "
+            f"{len(report.near_across)} near-duplicate pairs (verify.near_duplicate_bits={near_bits}), "
             f"{len(report.patients_across)} patients), more than verify.max_leaks={max_leaks}; test scores would be "
             "inflated. Keep each image and each patient in one split:\n    " + "\n    ".join(listed)
         )

@@ -14,7 +14,7 @@ from cxr.verification import count_images
 def main() -> None:
     params = load_params()
     with atomic_dir(RAW_DIR) as tmp:
-        what = write_dataset(params.data, params.seed, tmp)
+        what = write_dataset(params.data, params.seed, tmp, params.verify.near_duplicate_bits)
     print(f"download: {what} -> {RAW_DIR}/")
     for split, per_class in count_images(RAW_DIR).items():
         print(f"  {split:5s} " + "  ".join(f"{cls}={n}" for cls, n in per_class.items()))

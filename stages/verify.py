@@ -12,7 +12,8 @@ from cxr.verification import verify_splits
 @stage("verify")
 def main() -> None:
     params = load_params()
-    found = verify_splits(RAW_DIR, params.verify.min_per_class, params.verify.max_leaks, params.verify.max_pixels)
+    v = params.verify
+    found = verify_splits(RAW_DIR, v.min_per_class, v.max_leaks, v.max_pixels, v.near_duplicate_bits)
     counts = found.counts
     report = {
         "total": sum(sum(c.values()) for c in counts.values()),
@@ -21,6 +22,7 @@ def main() -> None:
             "within_split": len(found.duplicates_within),
             "across_splits": len(found.duplicates_across),
         },
+        "near_duplicate_pairs": {"within_split": len(found.near_within), "across_splits": len(found.near_across)},
         "patients_across_splits": len(found.patients_across),
     }
     write_json(DATA_METRICS, report)

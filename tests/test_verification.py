@@ -114,7 +114,7 @@ def test_identical_images_across_splits_are_a_leak(demo_root):
     with pytest.raises(DatasetError) as err:
         verify_splits(demo_root)
     message = str(err.value)
-    assert "1 leaks across splits (1 images with identical pixels, 0 patients)" in message
+    assert "1 leaks across splits (1 images with identical pixels, 0 near-duplicate pairs" in message
     assert "verify.max_leaks=0" in message
     assert "test/normal/copied.png" in message and f"train/normal/{source.name}" in message
     report = verify_splits(demo_root, max_leaks=1)
@@ -160,3 +160,21 @@ def test_awkward_image_modes_decode_and_bad_files_are_named(demo_root):
     message = str(err.value)
     assert "truncated.png: does not decode" in message
     assert "huge.png: 3000x2000 = 6,000,000 pixels, over verify.max_pixels=5,000,000" in message
+
+
+def test_near_duplicates_across_splits_are_a_leak(demo_root):
+    from PIL import Image, ImageEnhance
+
+    source = sorted((demo_root / "train" / "infected").glob("*.png"))[0]
+    with Image.open(source) as img:  # the same radiograph, resized and a little brighter: not identical
+        near = ImageEnhance.Brightness(img.resize((40, 40))).enhance(1.05)
+        near.save(demo_root / "test" / "infected" / "near_copy.png")
+    with pytest.raises(
+        DatasetError, match=rf"(?s)1 near-duplicate pairs.*train/infected/{source.name} ~ test/infected/near_copy.png"
+    ):
+        verify_splits(demo_root)
+    report = verify_splits(demo_root, near_bits=0)  # 0 turns the near-duplicate check off
+    assert report.near_across == [] and report.duplicates_across == []
+    # the demo phantoms themselves are far apart: no false alarms on the untouched set
+    (demo_root / "test" / "infected" / "near_copy.png").unlink()
+    assert verify_splits(demo_root).near_within == []

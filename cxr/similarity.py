@@ -1,0 +1,28 @@
+"""Near-duplicate images by perceptual hash: re-encoded, resized or slightly edited copies."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+HASH_SIDE = 16  # 16 x 16 difference hash = 256 bits; 8 x 8 calls distinct X-rays (and phantoms) equal
+
+
+def difference_hash(img: Image.Image) -> np.ndarray:
+    """256-bit dHash: is each pixel of a 17 x 16 grayscale thumbnail brighter than its left neighbour."""
+    small = np.asarray(img.convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.BILINEAR), dtype=np.int16)
+    return np.packbits(small[:, 1:] > small[:, :-1]).view(np.uint64)
+
+
+def near_pairs(hashes: np.ndarray, max_bits: int, chunk: int = 256) -> list[tuple[int, int]]:
+    """Index pairs (i < j) whose hashes differ in at most `max_bits` bits; hashes is (N, 4) uint64."""
+    pairs: list[tuple[int, int]] = []
+    if max_bits <= 0 or len(hashes) < 2:
+        return pairs
+    for start in range(0, len(hashes), chunk):
+        block = hashes[start : start + chunk]
+        distance = np.bitwise_count(block[:, None, :] ^ hashes[None, :, :]).sum(2)
+        for i, j in zip(*np.nonzero(distance <= max_bits), strict=True):
+            if start + i < j:
+                pairs.append((int(start + i), int(j)))
+    return pairs

@@ -5,6 +5,7 @@ from pathlib import Path
 RAW_DIR = Path("data/raw")
 DOWNLOAD_DIR = Path("data/downloads")  # archives fetched by data.source url (not a DVC out)
 DATA_METRICS = Path("metrics/data.json")
+DATA_REPORT = Path("metrics/data_report.md")  # the same findings, readable
 MODEL_PATH = Path("models/model.pt")
 LAST_PATH = Path("models/last.pt")  # state after the latest finished epoch, for train.resume
 TRAIN_LIVE_DIR = Path("metrics/train")

@@ -37,10 +37,17 @@ class VerifyReport:
     patients_across: dict[str, list[str]] = field(default_factory=dict)  # patient id -> splits: a leak
     near_within: list[list[str]] = field(default_factory=list)  # perceptual-hash pairs, one split
     near_across: list[list[str]] = field(default_factory=list)  # perceptual-hash pairs across splits: a leak
+    modes: dict[str, int] = field(default_factory=dict)  # image mode (L, RGB, I;16, ...) -> files
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the smallest and largest
 
 
 def verify_splits(
-    root: Path, min_per_class: int = 1, max_leaks: int = 0, max_pixels: int = 50_000_000, near_bits: int = 8
+    root: Path,
+    min_per_class: int = 1,
+    max_leaks: int = 0,
+    max_pixels: int = 50_000_000,
+    near_bits: int = 8,
+    expected: dict[str, int] | None = None,
 ) -> VerifyReport:
     """Check the splits under `root`; raise DatasetError listing every problem.
 
@@ -54,6 +61,8 @@ def verify_splits(
     class_sets = {}
     by_digest: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     seen: list[tuple[str, Path, np.ndarray]] = []
+    modes: dict[str, int] = defaultdict(int)
+    sizes: list[tuple[int, int]] = []
     for split in SPLITS:
         try:
             class_sets[split] = split_classes(root / split)
@@ -75,6 +84,8 @@ def verify_splits(
                         )
                         continue
                     img.load()
+                    modes[img.mode] += 1
+                    sizes.append(img.size)
                     digest = pixel_digest(img)
                     if digest not in by_digest:  # exact copies are reported as such, not as near ones
                         seen.append((split, path, difference_hash(img)))
@@ -87,7 +98,14 @@ def verify_splits(
             problems.append(f"{root / split}: classes {list(classes)} differ from train's {list(reference)}")
         if len(classes) < 2:
             problems.append(f"{root / split}: needs at least 2 classes, found {list(classes)}")
-    report = VerifyReport(counts)
+    for split, want in (expected or {}).items():
+        have = len({p for p, _ in labelled_files(root / split)}) if split in counts else 0
+        if have != want:
+            problems.append(f"{root / split}: {have} images, but verify.expected.{split}={want}")
+    report = VerifyReport(counts, modes=dict(sorted(modes.items())))
+    if sizes:
+        by_area = sorted(sizes, key=lambda wh: wh[0] * wh[1])
+        report.sizes = [by_area[0], by_area[-1]]
     for group in by_digest.values():
         if len(group) > 1:
             names = [str(path.relative_to(root)) for _, path in group]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from cxr.atomic import write_json
+from cxr.atomic import write_json, write_text
 from cxr.cli import stage
 from cxr.config import load_params
-from cxr.paths import DATA_METRICS, RAW_DIR
+from cxr.data_report import render_report
+from cxr.paths import DATA_METRICS, DATA_REPORT, RAW_DIR
 from cxr.verification import verify_splits
 
 
@@ -13,7 +14,7 @@ from cxr.verification import verify_splits
 def main() -> None:
     params = load_params()
     v = params.verify
-    found = verify_splits(RAW_DIR, v.min_per_class, v.max_leaks, v.max_pixels, v.near_duplicate_bits)
+    found = verify_splits(RAW_DIR, v.min_per_class, v.max_leaks, v.max_pixels, v.near_duplicate_bits, dict(v.expected))
     counts = found.counts
     report = {
         "total": sum(sum(c.values()) for c in counts.values()),
@@ -26,10 +27,13 @@ def main() -> None:
         "patients_across_splits": len(found.patients_across),
     }
     write_json(DATA_METRICS, report)
+    write_text(DATA_REPORT, render_report(found, str(RAW_DIR)))
     for kind, groups in (("within a split", found.duplicates_within), ("across splits", found.duplicates_across)):
         for group in groups:
             print(f"verify: identical images {kind}: {' = '.join(group)}")
-    print(f"verify: {report['total']} images in {len(counts)} splits are readable; counts in {DATA_METRICS}")
+    print(
+        f"verify: {report['total']} images in {len(counts)} splits are readable; see {DATA_METRICS} and {DATA_REPORT}"
+    )
 
 
 if __name__ == "__main__":

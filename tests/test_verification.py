@@ -178,3 +178,18 @@ def test_near_duplicates_across_splits_are_a_leak(demo_root):
     # the demo phantoms themselves are far apart: no false alarms on the untouched set
     (demo_root / "test" / "infected" / "near_copy.png").unlink()
     assert verify_splits(demo_root).near_within == []
+
+
+def test_expected_counts_and_the_readable_report(demo_root):
+    from cxr.data_report import render_report
+
+    report = verify_splits(demo_root, expected={"train": 24, "test": 12})
+    assert report.modes == {"L": 48} and report.sizes == [(48, 48), (48, 48)]
+    with pytest.raises(DatasetError, match=r"val: 12 images, but verify.expected.val=13"):
+        verify_splits(demo_root, expected={"val": 13})
+    source = sorted((demo_root / "train" / "normal").glob("*.png"))[0]
+    shutil.copy(source, demo_root / "test" / "normal" / "leaked.png")
+    text = render_report(verify_splits(demo_root, max_leaks=1), "data/raw")
+    assert "| train | 12 | 12 | 24 |" in text
+    assert "## Identical images across splits (leaks): 1" in text
+    assert f"- train/normal/{source.name} = test/normal/leaked.png" in text

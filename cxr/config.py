@@ -96,6 +96,7 @@ class VerifyConfig(_Section):
     max_pixels: Annotated[int, Field(ge=1024)]
     near_duplicate_bits: Annotated[int, Field(ge=0, le=64)]
     expected: dict[Literal["train", "val", "test"], Annotated[int, Field(ge=0)]]
+    on_corrupt: Literal["fail", "skip"]
 
 
 class HeadConfig(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
     return rows
 
 
+def excluded_files(data_metrics: Path, root: Path) -> frozenset[Path]:
+    """Files `verify` excluded (listed under `excluded` in its metrics file), as paths under `root`."""
+    if not Path(data_metrics).is_file():
+        return frozenset()
+    return frozenset(Path(root) / rel for rel in json.loads(Path(data_metrics).read_text()).get("excluded", []))
+
+
 def split_patients(split_dir: Path) -> dict[str, list[Path]]:
     """Images per patient id, from a split's labels.csv `patient_id` column (empty if none)."""
     csv_path = Path(split_dir) / LABELS_CSV
@@ -111,14 +119,21 @@ def split_classes(split_dir: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
-def scan_split(root: Path, name: str, classes: tuple[str, ...] | None = None, multilabel: bool = False) -> Split:
-    """The images of `root/name` with class-index labels, or multi-hot rows when `multilabel`."""
+def scan_split(
+    root: Path,
+    name: str,
+    classes: tuple[str, ...] | None = None,
+    multilabel: bool = False,
+    exclude: frozenset[Path] = frozenset(),
+) -> Split:
+    """The images of `root/name` with class-index labels, or multi-hot rows when `multilabel`;
+    files in `exclude` (unreadable ones that verify skipped) are left out."""
     split_dir = Path(root) / name
     found = split_classes(split_dir)
     classes = classes or found
     if set(found) != set(classes):
         raise DatasetError(f"{split_dir}: classes {list(found)} differ from the expected {list(classes)}")
-    pairs = labelled_files(split_dir, merge_by_name=multilabel)
+    pairs = [(p, lb) for p, lb in labelled_files(split_dir, merge_by_name=multilabel) if p not in exclude]
     files = tuple(path for path, _ in pairs)
     if multilabel:
         multi_hot = np.zeros((len(pairs), len(classes)), dtype=np.float32)

@@ -12,11 +12,11 @@ from cxr.atomic import atomic_path
 from cxr.checkpoint import ModelSpec, save_checkpoint
 from cxr.config import Params
 from cxr.errors import PipelineError
-from cxr.images import IMAGENET_MEAN, IMAGENET_STD, load_pixels, scan_split
+from cxr.images import IMAGENET_MEAN, IMAGENET_STD, excluded_files, load_pixels, scan_split
 from cxr.losses import decisions, make_loss, probabilities
 from cxr.models import freeze
 from cxr.optim import make_optimizer, make_schedule
-from cxr.paths import LAST_PATH, MODEL_PATH, RAW_DIR, TRAIN_LIVE_DIR
+from cxr.paths import DATA_METRICS, LAST_PATH, MODEL_PATH, RAW_DIR, TRAIN_LIVE_DIR
 from cxr.training import evaluate_epoch, seed_everything, select_device, train_epoch
 
 
@@ -67,6 +67,7 @@ def train(
     model_path: Path = MODEL_PATH,
     last_path: Path = LAST_PATH,
     live_dir: Path = TRAIN_LIVE_DIR,
+    data_metrics: Path = DATA_METRICS,
 ) -> dict:
     """Train per `params`; keep the best epoch (val macro F1) at `model_path`. Returns the best scores."""
     cfg = params.train
@@ -74,8 +75,9 @@ def train(
     generator = seed_everything(params.seed)
     device = select_device()
 
-    train_split = scan_split(raw_dir, "train", multilabel=multilabel)
-    val_split = scan_split(raw_dir, "val", train_split.classes, multilabel)
+    skip = excluded_files(data_metrics, raw_dir)
+    train_split = scan_split(raw_dir, "train", multilabel=multilabel, exclude=skip)
+    val_split = scan_split(raw_dir, "val", train_split.classes, multilabel, skip)
     train_x, val_x = (load_pixels(s, cfg.image_size) for s in (train_split, val_split))
     train_y, val_y = (torch.from_numpy(s.labels) for s in (train_split, val_split))
 

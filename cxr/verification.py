@@ -39,6 +39,7 @@ class VerifyReport:
     near_across: list[list[str]] = field(default_factory=list)  # perceptual-hash pairs across splits: a leak
     modes: dict[str, int] = field(default_factory=dict)  # image mode (L, RGB, I;16, ...) -> files
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the smallest and largest
+    excluded: list[str] = field(default_factory=list)  # unreadable files skipped (verify.on_corrupt: skip)
 
 
 def verify_splits(
@@ -48,6 +49,7 @@ def verify_splits(
     max_pixels: int = 50_000_000,
     near_bits: int = 8,
     expected: dict[str, int] | None = None,
+    skip_unreadable: bool = False,
 ) -> VerifyReport:
     """Check the splits under `root`; raise DatasetError listing every problem.
 
@@ -62,6 +64,8 @@ def verify_splits(
     by_digest: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     seen: list[tuple[str, Path, np.ndarray]] = []
     modes: dict[str, int] = defaultdict(int)
+    unreadable: list[tuple[Path, str]] = []
+    excluded: list[str] = []
     sizes: list[tuple[int, int]] = []
     for split in SPLITS:
         try:
@@ -70,17 +74,16 @@ def verify_splits(
         except DatasetError as exc:
             problems.append(str(exc))
             continue
-        counts[split] = _class_counts(pairs, class_sets[split])
-        for cls, n in counts[split].items():
-            if n < min_per_class:
-                problems.append(f"{root / split / cls}: {n} images, fewer than verify.min_per_class={min_per_class}")
         for path in sorted({path for path, _ in pairs}):
             try:
                 with Image.open(path) as img:
                     if img.width * img.height > max_pixels:  # checked from the header, before decoding
-                        problems.append(
-                            f"{path}: {img.width}x{img.height} = {img.width * img.height:,} pixels, over "
-                            f"verify.max_pixels={max_pixels:,}; downscale it or raise the limit"
+                        unreadable.append(
+                            (
+                                path,
+                                f"{img.width}x{img.height} = {img.width * img.height:,} pixels, over "
+                                f"verify.max_pixels={max_pixels:,}; downscale it or raise the limit",
+                            )
                         )
                         continue
                     img.load()
@@ -91,7 +94,17 @@ def verify_splits(
                         seen.append((split, path, difference_hash(img)))
                     by_digest[digest].append((split, path))
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-                problems.append(f"{path}: does not decode ({type(exc).__name__}: {exc})")
+                unreadable.append((path, f"does not decode ({type(exc).__name__}: {exc})"))
+        bad = {path for path, _ in unreadable} if skip_unreadable else set()
+        counts[split] = _class_counts([(p, lb) for p, lb in pairs if p not in bad], class_sets[split])
+        for cls, n in counts[split].items():
+            if n < min_per_class:
+                problems.append(f"{root / split / cls}: {n} images, fewer than verify.min_per_class={min_per_class}")
+    if skip_unreadable:
+        excluded = [str(path.relative_to(root)) for path, _ in unreadable]
+    else:
+        problems += [f"{path}: {why}" for path, why in unreadable]
+        problems += ["  (set verify.on_corrupt: skip to exclude and list them instead)"] if unreadable else []
     reference = class_sets.get("train")
     for split, classes in class_sets.items():
         if reference is not None and classes != reference:
@@ -102,7 +115,7 @@ def verify_splits(
         have = len({p for p, _ in labelled_files(root / split)}) if split in counts else 0
         if have != want:
             problems.append(f"{root / split}: {have} images, but verify.expected.{split}={want}")
-    report = VerifyReport(counts, modes=dict(sorted(modes.items())))
+    report = VerifyReport(counts, modes=dict(sorted(modes.items())), excluded=excluded)
     if sizes:
         by_area = sorted(sizes, key=lambda wh: wh[0] * wh[1])
         report.sizes = [by_area[0], by_area[-1]]

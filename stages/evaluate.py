@@ -10,10 +10,10 @@ from cxr.checkpoint import load_checkpoint
 from cxr.cli import stage
 from cxr.config import load_params
 from cxr.gallery import prediction_grid
-from cxr.images import load_pixels, scan_split
+from cxr.images import excluded_files, load_pixels, scan_split
 from cxr.losses import probabilities
 from cxr.metrics import classification_scores, multilabel_scores
-from cxr.paths import EVAL_LIVE_DIR, MODEL_PATH, RAW_DIR, TEST_METRICS
+from cxr.paths import DATA_METRICS, EVAL_LIVE_DIR, MODEL_PATH, RAW_DIR, TEST_METRICS
 from cxr.training import predict_logits, select_device
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     device = select_device()
     model, spec, checkpoint = load_checkpoint(MODEL_PATH)
     model.to(device)
-    test = scan_split(RAW_DIR, "test", spec.classes, spec.multilabel)
+    test = scan_split(RAW_DIR, "test", spec.classes, spec.multilabel, excluded_files(DATA_METRICS, RAW_DIR))
     pixels = load_pixels(test, spec.image_size)
     probs = probabilities(predict_logits(model, pixels, params.batch_size, device), spec.loss).numpy()
 

@@ -14,7 +14,15 @@ from cxr.verification import verify_splits
 def main() -> None:
     params = load_params()
     v = params.verify
-    found = verify_splits(RAW_DIR, v.min_per_class, v.max_leaks, v.max_pixels, v.near_duplicate_bits, dict(v.expected))
+    found = verify_splits(
+        RAW_DIR,
+        v.min_per_class,
+        v.max_leaks,
+        v.max_pixels,
+        v.near_duplicate_bits,
+        dict(v.expected),
+        v.on_corrupt == "skip",
+    )
     counts = found.counts
     report = {
         "total": sum(sum(c.values()) for c in counts.values()),
@@ -25,6 +33,7 @@ def main() -> None:
         },
         "near_duplicate_pairs": {"within_split": len(found.near_within), "across_splits": len(found.near_across)},
         "patients_across_splits": len(found.patients_across),
+        "excluded": found.excluded,  # unreadable files skipped by verify.on_corrupt: skip; train/evaluate skip them
     }
     write_json(DATA_METRICS, report)
     write_text(DATA_REPORT, render_report(found, str(RAW_DIR)))

@@ -193,3 +193,21 @@ def test_expected_counts_and_the_readable_report(demo_root):
     assert "| train | 12 | 12 | 24 |" in text
     assert "## Identical images across splits (leaks): 1" in text
     assert f"- train/normal/{source.name} = test/normal/leaked.png" in text
+
+
+def test_on_corrupt_skip_excludes_and_lists_unreadable_files(demo_root, tmp_path):
+    import json
+
+    from cxr.images import excluded_files
+
+    (demo_root / "train" / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DatasetError, match="(?s)broken.png: does not decode.*verify.on_corrupt: skip"):
+        verify_splits(demo_root)
+    report = verify_splits(demo_root, skip_unreadable=True)
+    assert report.excluded == ["train/normal/broken.png"]
+    assert report.counts["train"]["normal"] == 12  # the broken file is not counted
+    metrics = tmp_path / "data.json"
+    metrics.write_text(json.dumps({"excluded": report.excluded}))
+    skip = excluded_files(metrics, demo_root)
+    split = scan_split(demo_root, "train", exclude=skip)
+    assert len(split.files) == 24 and demo_root / "train/normal/broken.png" not in split.files

@@ -129,3 +129,24 @@ def test_bad_params_fail_before_any_work(repo):
     run(repo, "git", "checkout", "--", "params.yaml")
     dvc(repo, "checkout", "-q")
     assert (repo / "models/model.pt").read_bytes() == before
+
+
+def test_failed_download_leaves_the_last_good_dataset_restorable(repo):
+    import socket
+
+    def listing():
+        return sorted((p.relative_to(repo), p.read_bytes()) for p in (repo / "data/raw").rglob("*.png"))
+
+    before = listing()
+    with socket.socket() as sock:  # a loopback port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["data"].update(source="url", url=f"http://127.0.0.1:{port}/set.zip", sha256="0" * 64)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    code, out = dvc(repo, "repro", check=False)
+    assert code != 0 and "download failed after 5 attempts" in out and f"127.0.0.1:{port}/set.zip" in out
+    run(repo, "git", "checkout", "--", "params.yaml")
+    dvc(repo, "checkout", "-q")
+    assert listing() == before

@@ -22,3 +22,20 @@ def test_readme_starts_with_exactly_two_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci/run").read_text().splitlines()
     assert setup_commands()[1] in ci
+
+
+def test_every_param_is_documented():
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    table = (REPO / "README.md").read_text().split("## Parameters", 1)[1]
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    undocumented = [key for key in leaves(params) if key.rsplit(".", 1)[-1] not in table]
+    assert undocumented == [], f"params.yaml keys missing from the README's parameter table: {undocumented}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -77,9 +78,13 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _source_settings(self):
-        if self.source == "url" and not self.url.startswith(("http://", "https://")):
+        archive_path = urlparse(self.url).path.lower()
+        if self.source == "url" and not (
+            self.url.startswith(("http://", "https://")) and archive_path.endswith((".zip", ".tar", ".tar.gz", ".tgz"))
+        ):
             raise ValueError(
-                f"source 'url' needs data.url to be an http(s) address of a .zip/.tar/.tar.gz, got {self.url!r}"
+                "source 'url' needs data.url to be an http(s) address of a .zip/.tar/.tar.gz/.tgz file, "
+                f"got {self.url!r}"
             )
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} is not known; allowed values are {', '.join(PRESETS)} or ''")

@@ -157,6 +157,9 @@ def test_http_errors_and_bad_params_are_named(server, in_tmp):
     raw["data"].update(source="url", url="ftp://example.org/x.zip")
     with pytest.raises(ConfigError, match="data.url to be an http"):
         parse_params(raw)
+    raw["data"].update(url="https://example.org/download?id=7")
+    with pytest.raises(ConfigError, match=r"\.tgz file, got 'https://example.org/download\?id=7'"):
+        parse_params(raw)
     raw["data"].update(url="http://example.org/x.zip", sha256="abc")
     with pytest.raises(ConfigError, match="data.sha256"):
         parse_params(raw)

@@ -43,7 +43,7 @@ def _caption(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, classes: 
         def names(row):
             return "+".join(c for c, on in zip(classes, row, strict=True) if on) or "none"
 
-        scores = " ".join(f"{c[:4]}={p:.2f}" for c, p in zip(classes, probs[i], strict=True))
+        scores = "p=" + "/".join(f"{p:.2f}" for p in probs[i])  # in class order, as the legend says
         return f"true {names(labels[i])}\npred {names(preds[i])}\n{scores}"
     pred = int(preds[i])
     return f"true {classes[labels[i]]}\npred {classes[pred]} p={probs[i, pred]:.2f}"
@@ -72,7 +72,9 @@ def prediction_grid(
         (("correct (most confident)", correct, GREEN), ("wrong (most confident)", wrong, RED))
     ):
         y = row * (TILE + CAPTION + 20)
-        draw.text((4, y + 3), f"{title}: {len(indices)} shown" if indices else f"{title}: none", fill=colour, font=font)
+        legend = f"; p = {'/'.join(classes)}" if labels.ndim == 2 else ""
+        shown = f"{title}: {len(indices)} shown{legend}" if indices else f"{title}: none"
+        draw.text((4, y + 3), shown, fill=colour, font=font)
         for col, i in enumerate(indices):
             grid.paste(_tile(files[i], _caption(labels, probs, preds, classes, i), colour, font), (col * TILE, y + 20))
     return grid

@@ -116,11 +116,14 @@ class _Groups:
             i = self.parent[i]
         return i
 
+    def union(self, i: int, j: int) -> None:
+        self.parent[self.find(j)] = self.find(i)
+
     def join_by(self, keys: list[str | None]) -> None:
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key is not None:
-                self.parent[self.find(i)] = self.find(first.setdefault(key, i))
+                self.union(first.setdefault(key, i), i)
 
 
 def assign_splits(
@@ -145,7 +148,7 @@ def assign_splits(
     groups.join_by(patients)
     if hashes:
         for i, j in near_pairs(np.stack(hashes), near_bits):
-            groups.parent[groups.find(j)] = groups.find(i)
+            groups.union(i, j)
     roots = sorted({groups.find(i) for i in range(len(files))})
     rng = random.Random(seed)
     split_of_root = {}

@@ -17,7 +17,7 @@ from cxr.losses import decisions, make_loss, probabilities
 from cxr.models import freeze
 from cxr.optim import make_optimizer, make_schedule
 from cxr.paths import DATA_METRICS, LAST_PATH, MODEL_PATH, RAW_DIR, TRAIN_LIVE_DIR
-from cxr.training import evaluate_epoch, seed_everything, select_device, train_epoch
+from cxr.training import evaluate_epoch, make_grad_scaler, seed_everything, select_device, train_epoch
 
 
 class ResumeError(PipelineError, RuntimeError):
@@ -99,6 +99,7 @@ def train(
     model.to(device)
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), cfg)
     scheduler = make_schedule(optimizer, cfg.schedule, cfg.epochs)
+    scaler = make_grad_scaler(device)
     loss_fn = make_loss(cfg.loss, len(spec.classes), cfg.focal.alpha, cfg.focal.gamma)
 
     def decide(logits: torch.Tensor) -> torch.Tensor:
@@ -131,7 +132,17 @@ def train(
         for epoch in tqdm(range(start, cfg.epochs), desc="epochs", unit="epoch", initial=start, total=cfg.epochs):
             lr = optimizer.param_groups[0]["lr"]
             fit = train_epoch(
-                model, train_x, train_y, optimizer, loss_fn, decide, cfg.batch_size, generator, device, epoch + 1
+                model,
+                train_x,
+                train_y,
+                optimizer,
+                loss_fn,
+                decide,
+                cfg.batch_size,
+                generator,
+                device,
+                epoch + 1,
+                scaler=scaler,
             )
             val = evaluate_epoch(model, val_x, val_y, loss_fn, decide, cfg.batch_size, device)
             scheduler.step()

@@ -43,6 +43,13 @@ class NonFiniteLossError(PipelineError, FloatingPointError):
     """The loss became NaN or infinite: training stops at once instead of producing garbage."""
 
 
+def make_grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler where autocast uses fp16 (CUDA without bf16); None elsewhere."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
 @dataclass
 class EpochResult:
     loss: float
@@ -77,14 +84,15 @@ def train_epoch(
     generator: torch.Generator,
     device: torch.device,
     epoch: int = 1,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> EpochResult:
     """One pass over the training images in a seeded random order.
 
-    `decide` turns logits into predicted labels for the running accuracy and F1.
+    `decide` turns logits into predicted labels for the running accuracy and F1. `scaler` (from
+    `make_grad_scaler`, one per run) scales fp16 losses on CUDA; None means no scaling.
     Raises NonFiniteLossError naming the epoch and batch when the loss is NaN or infinite.
     """
     train_mode(model)
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     loss_sum, seen_labels, seen_preds = 0.0, [], []
     order = list(batches(len(labels), batch_size, generator))
     for batch, idx in enumerate(tqdm(order, desc=f"epoch {epoch}", unit="batch", leave=False), start=1):
@@ -100,9 +108,13 @@ def train_epoch(
                 f"training stopped. Lower train.lr (e.g. to {lr / 10:g}) and run again."
             )
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         loss_sum += loss.item() * len(idx)
         seen_labels.append(y.cpu())
         seen_preds.append(decide(logits.detach().float()).cpu())

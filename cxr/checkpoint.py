@@ -12,7 +12,7 @@ from cxr.atomic import atomic_path
 from cxr.errors import PipelineError
 from cxr.models import build_model
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class CheckpointError(PipelineError, FileNotFoundError):
@@ -34,6 +34,7 @@ class ModelSpec:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    preprocessing: str  # how a file becomes the uint8 input (cxr.store.PREPROCESSING)
 
     @property
     def multilabel(self) -> bool:

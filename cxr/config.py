@@ -130,11 +130,20 @@ class ScheduleConfig(_Section):
         return self
 
 
+class AugmentConfig(_Section):
+    hflip: UnitFloat
+    rotate: Annotated[float, Field(ge=0.0, le=45.0)]
+    crop: Annotated[float, Field(gt=0.0, le=1.0)]
+    brightness: Annotated[float, Field(ge=0.0, lt=1.0)]
+    contrast: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class TrainConfig(_Section):
     arch: Literal[ARCHS]  # type: ignore[valid-type]
     weights: str
     image_size: Annotated[int, Field(ge=32, le=1024)]
     freeze: Literal["none", "backbone", "head"] | list[str | int]
+    augment: AugmentConfig
     head: HeadConfig
     loss: Literal["ce", "bce", "focal"]
     focal: FocalConfig
@@ -146,6 +155,8 @@ class TrainConfig(_Section):
     schedule: ScheduleConfig
     batch_size: PositiveInt
     epochs: PositiveInt
+    precision: Literal["auto", "fp32", "bf16"]
+    compile: bool
     resume: bool
 
     @field_validator("freeze")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +20,19 @@ from cxr.phantoms import render_phantom
 CO_INFECTION_EVERY = 4
 
 
-def write_demo_dataset(out_dir: Path, data: DataConfig, seed: int) -> dict[str, dict[str, int]]:
+def _render(job: tuple) -> np.ndarray:
+    labels, size, difficulty, key = job
+    return render_phantom(labels, size, difficulty, np.random.default_rng(key))
+
+
+def write_demo_dataset(
+    out_dir: Path, data: DataConfig, seed: int, workers: int | None = None
+) -> dict[str, dict[str, int]]:
     """Render every split of the demo set into `out_dir`; return image counts per split and class.
 
     Each image has its own RNG stream keyed by (seed, split, class, index), so the same
-    params give byte-identical files and changing one split's size leaves the others alone.
+    params give byte-identical files whatever the number of `workers` (processes; default:
+    the CPU count, at most 8), and changing one split's size leaves the others alone.
     """
     demo = data.demo
     per_class = {"train": demo.train_per_class, "val": demo.val_per_class, "test": demo.test_per_class}
@@ -31,13 +42,28 @@ def write_demo_dataset(out_dir: Path, data: DataConfig, seed: int) -> dict[str, 
     for split in SPLITS:
         for cls in classes:
             (out_dir / split / cls).mkdir(parents=True, exist_ok=True)
-    for split, cls, i in tqdm(jobs, desc="demo phantoms", unit="img", mininterval=1.0):
-        labels = (cls,)
+
+    def labels_of(cls: str, i: int) -> tuple[str, ...]:
         if data.task == "multilabel" and cls == "covid" and i % CO_INFECTION_EVERY == 0:
-            labels = ("covid", "pneumonia")
-        rng = np.random.default_rng([seed, SPLITS.index(split), classes.index(cls), i])
-        image = Image.fromarray(render_phantom(labels, demo.image_size, demo.difficulty, rng), mode="L")
-        for label in labels:
-            image.save(out_dir / split / label / f"{cls}_{i:05d}.png")
-            counts[split][label] += 1
+            return ("covid", "pneumonia")
+        return (cls,)
+
+    renders = [
+        (labels_of(c, i), demo.image_size, demo.difficulty, [seed, SPLITS.index(s), classes.index(c), i])
+        for s, c, i in jobs
+    ]
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(renders) > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers))
+            pixels = pool.map(_render, renders, chunksize=max(1, min(16, len(renders) // (4 * workers))))
+        else:
+            pixels = map(_render, renders)
+        rows = zip(jobs, renders, pixels, strict=True)
+        progress = tqdm(rows, total=len(jobs), desc="demo phantoms", unit="img", mininterval=1)
+        for (split, cls, i), (labels, *_), array in progress:
+            image = Image.fromarray(array, mode="L")
+            for label in labels:
+                image.save(out_dir / split / label / f"{cls}_{i:05d}.png")
+                counts[split][label] += 1
     return counts

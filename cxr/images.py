@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
 from cxr.errors import PipelineError
 
@@ -166,17 +165,13 @@ def open_rgb(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
-def load_pixels(split: Split, image_size: int) -> torch.Tensor:
-    """Decode and resize every image of a split once: a uint8 tensor (N, 3, size, size)."""
-    out = torch.empty((len(split.files), 3, image_size, image_size), dtype=torch.uint8)
-    for i, path in enumerate(tqdm(split.files, desc=f"decode {split.name}", unit="img", mininterval=1.0)):
-        img = open_rgb(path).resize((image_size, image_size), Image.BILINEAR)
-        out[i] = torch.from_numpy(np.array(img)).permute(2, 0, 1)
-    return out
+def standardize(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Float images in [0, 1] (N, 3, H, W), standardised per channel."""
+    m = torch.tensor(mean, device=batch.device, dtype=batch.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=batch.device, dtype=batch.dtype).view(1, 3, 1, 1)
+    return (batch - m) / s
 
 
 def normalize(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 (N, 3, H, W) to float, scaled to [0, 1] and standardised per channel."""
-    m = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=batch.device).view(1, 3, 1, 1)
-    return (batch.float() / 255.0 - m) / s
+    return standardize(batch.float() / 255.0, mean, std)

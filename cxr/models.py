@@ -169,8 +169,18 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def train_mode(model: nn.Module) -> None:
-    """model.train(), except that BatchNorm layers with frozen parameters keep their running stats."""
+def train_mode(model: nn.Module, freeze_mode: str | Sequence[str | int] = "none") -> None:
+    """model.train(), except where parameters are frozen.
+
+    `freeze: backbone` makes the backbone a fixed feature extractor: everything but the new
+    head runs in eval mode (BatchNorm running stats, no dropout or stochastic depth), which is
+    what lets its features be computed once (cxr/features.py). Under the other modes, BatchNorm
+    layers whose parameters are frozen keep their running statistics.
+    """
+    if freeze_mode == "backbone":
+        model.eval()
+        model.get_submodule(head_name(model)).train()
+        return
     model.train()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -11,3 +11,5 @@ LAST_PATH = Path("models/last.pt")  # state after the latest finished epoch, for
 TRAIN_LIVE_DIR = Path("metrics/train")
 TEST_METRICS = Path("metrics/test.json")
 EVAL_LIVE_DIR = Path("metrics/eval")
+DECODED_DIR = Path("data/decoded")  # every split decoded once at train.image_size (cxr/store.py)
+FEATURES_DIR = Path("data/features")  # frozen-backbone features of train and val (cxr/features.py)

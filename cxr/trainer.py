@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 from dvclive import Live
+from torch import nn
 from tqdm import tqdm
 
 from cxr.atomic import atomic_path
+from cxr.augment import augment_batch, is_active
 from cxr.checkpoint import ModelSpec, save_checkpoint
 from cxr.config import Params
 from cxr.errors import PipelineError
-from cxr.images import IMAGENET_MEAN, IMAGENET_STD, excluded_files, load_pixels, scan_split
+from cxr.features import cache_applies, load_features
+from cxr.images import IMAGENET_MEAN, IMAGENET_STD
 from cxr.losses import decisions, make_loss, probabilities
-from cxr.models import freeze
+from cxr.models import freeze, head_name
 from cxr.optim import make_optimizer, make_schedule
-from cxr.paths import DATA_METRICS, LAST_PATH, MODEL_PATH, RAW_DIR, TRAIN_LIVE_DIR
-from cxr.training import evaluate_epoch, make_grad_scaler, seed_everything, select_device, train_epoch
+from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LIVE_DIR
+from cxr.store import PREPROCESSING, SplitStore, StoreError
+from cxr.training import Runtime, evaluate_epoch, make_grad_scaler, seed_everything, train_epoch
 
 
 class ResumeError(PipelineError, RuntimeError):
@@ -30,11 +35,12 @@ def run_signature(params: Params, classes: tuple[str, ...]) -> dict:
     return {"seed": params.seed, "task": params.data.task, "classes": list(classes), "train": train}
 
 
-def _save_last(path: Path, model, optimizer, scheduler, epoch: int, best, signature: dict, generator) -> None:
+def _save_last(path: Path, model, optimizer, scheduler, scaler, epoch: int, best, signature, generator) -> None:
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
         "epoch": epoch,  # epochs finished; also the next dvclive step
         "best": best,
         "signature": signature,
@@ -61,45 +67,73 @@ def _load_last(path: Path, signature: dict) -> dict:
     return state
 
 
-def train(
-    params: Params,
-    raw_dir: Path = RAW_DIR,
-    model_path: Path = MODEL_PATH,
-    last_path: Path = LAST_PATH,
-    live_dir: Path = TRAIN_LIVE_DIR,
-    data_metrics: Path = DATA_METRICS,
-) -> dict:
-    """Train per `params`; keep the best epoch (val macro F1) at `model_path`. Returns the best scores."""
+def model_spec(params: Params, classes: tuple[str, ...], image_size: int) -> ModelSpec:
     cfg = params.train
-    multilabel = params.data.task == "multilabel"
-    generator = seed_everything(params.seed)
-    device = select_device()
-
-    skip = excluded_files(data_metrics, raw_dir)
-    train_split = scan_split(raw_dir, "train", multilabel=multilabel, exclude=skip)
-    val_split = scan_split(raw_dir, "val", train_split.classes, multilabel, skip)
-    train_x, val_x = (load_pixels(s, cfg.image_size) for s in (train_split, val_split))
-    train_y, val_y = (torch.from_numpy(s.labels) for s in (train_split, val_split))
-
-    spec = ModelSpec(
+    return ModelSpec(
         arch=cfg.arch,
-        classes=train_split.classes,
+        classes=classes,
         task=params.data.task,
         loss=cfg.loss,
         hidden=tuple(cfg.head.hidden),
         dropout=cfg.head.dropout,
         activation=cfg.head.activation,
         keep_classifier=cfg.head.keep_classifier,
-        image_size=cfg.image_size,
+        image_size=image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        preprocessing=PREPROCESSING,
     )
-    model = spec.build(weights=cfg.weights)
-    n_trainable = freeze(model, cfg.freeze)
-    model.to(device)
+
+
+def build_training_model(params: Params, classes: tuple[str, ...]) -> tuple[nn.Module, ModelSpec, int]:
+    """The model at epoch 0, frozen per train.freeze: (model, spec, trainable parameter count).
+
+    Initial weights depend on params.seed alone, so the features stage and train build the
+    same backbone.
+    """
+    spec = model_spec(params, classes, params.train.image_size)
+    torch.manual_seed(params.seed)
+    model = spec.build(weights=params.train.weights)
+    return model, spec, freeze(model, params.train.freeze)
+
+
+def train(
+    params: Params,
+    store_dir: Path = DECODED_DIR,
+    model_path: Path = MODEL_PATH,
+    last_path: Path = LAST_PATH,
+    live_dir: Path = TRAIN_LIVE_DIR,
+    features_dir: Path = FEATURES_DIR,
+) -> dict:
+    """Train per `params`; keep the best epoch (val macro F1) at `model_path`. Returns the best scores."""
+    cfg = params.train
+    multilabel = params.data.task == "multilabel"
+    generator = seed_everything(params.seed)
+    runtime = Runtime.select(cfg.precision)
+
+    train_x, val_x = (SplitStore(store_dir, name, cfg.image_size) for name in ("train", "val"))
+    train_y, val_y = (torch.from_numpy(s.labels) for s in (train_x, val_x))
+    if train_x.multilabel != multilabel:
+        raise StoreError(f"{store_dir}: decoded for another data.task; run `dvc repro` so decode follows params")
+
+    model, spec, n_trainable = build_training_model(params, train_x.classes)
+    use_cache, why = cache_applies(cfg)
+    if use_cache:
+        features = load_features(features_dir, model)
+        train_x, val_x = features["train"], features["val"]
+        net = model.get_submodule(head_name(model))  # only the head runs: the backbone's output is cached
+        prepare = runtime.features
+        print(f"train: cached features from {features_dir} ({why}): the backbone ran once, not every epoch")
+    else:
+        net = model
+        augment = functools.partial(augment_batch, cfg=cfg.augment, generator=generator)
+        prepare = functools.partial(runtime.images, augment=augment if is_active(cfg.augment) else None)
+        print(f"train: full forward pass per batch ({why})")
+    runtime.prepare_model(model)
+    step_net = torch.compile(net) if cfg.compile else net
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), cfg)
     scheduler = make_schedule(optimizer, cfg.schedule, cfg.epochs)
-    scaler = make_grad_scaler(device)
+    scaler = make_grad_scaler(runtime)
     loss_fn = make_loss(cfg.loss, len(spec.classes), cfg.focal.alpha, cfg.focal.gamma)
 
     def decide(logits: torch.Tensor) -> torch.Tensor:
@@ -112,6 +146,8 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         generator.set_state(state["batch_rng"])
         if state["cuda_rng"]:
@@ -123,8 +159,9 @@ def train(
 
     print(
         f"train: {cfg.arch} (weights={cfg.weights}, freeze={cfg.freeze}, loss={cfg.loss}, "
-        f"optimizer={cfg.optimizer}, schedule={cfg.schedule.name}) on {device}, {n_trainable:,} trainable "
-        f"parameters, {len(train_y)} train / {len(val_y)} val images, classes {list(spec.classes)}"
+        f"optimizer={cfg.optimizer}, schedule={cfg.schedule.name}) on {runtime.device} "
+        f"({runtime.dtype or torch.float32}), {n_trainable:,} trainable parameters, "
+        f"{len(train_y)} train / {len(val_y)} val images, classes {list(spec.classes)}"
     )
     with Live(dir=str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False, report=None) as live:
         live.step = start  # dvclive's own resume skips step 0; the checkpoint knows the truth
@@ -132,7 +169,7 @@ def train(
         for epoch in tqdm(range(start, cfg.epochs), desc="epochs", unit="epoch", initial=start, total=cfg.epochs):
             lr = optimizer.param_groups[0]["lr"]
             fit = train_epoch(
-                model,
+                step_net,
                 train_x,
                 train_y,
                 optimizer,
@@ -140,11 +177,14 @@ def train(
                 decide,
                 cfg.batch_size,
                 generator,
-                device,
-                epoch + 1,
+                runtime,
+                prepare,
+                epoch=epoch + 1,
                 scaler=scaler,
+                freeze_mode="none" if use_cache else cfg.freeze,
             )
-            val = evaluate_epoch(model, val_x, val_y, loss_fn, decide, cfg.batch_size, device)
+            eval_prepare = runtime.features if use_cache else runtime.images
+            val = evaluate_epoch(step_net, val_x, val_y, loss_fn, decide, cfg.batch_size, runtime, eval_prepare)
             scheduler.step()
             for split, result in (("train", fit), ("val", val)):
                 live.log_metric(f"{split}/loss", result.loss)
@@ -159,7 +199,7 @@ def train(
                 best = {"epoch": epoch + 1, "val_f1": val.f1, "val_loss": val.loss, "val_accuracy": val.accuracy}
                 save_checkpoint(model_path, model, spec, **best)
             live.next_step()
-            _save_last(last_path, model, optimizer, scheduler, epoch + 1, best, signature, generator)
+            _save_last(last_path, model, optimizer, scheduler, scaler, epoch + 1, best, signature, generator)
         for key in ("epoch", "val_f1", "val_accuracy"):
             live.summary.setdefault("best", {})[key] = best[key]
     print(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")

@@ -1,4 +1,4 @@
-"""The training and inference loops over in-memory uint8 image tensors."""
+"""The training and inference loops: batches of stored images or cached features, on any device."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm import tqdm
 
+from cxr.config import ConfigError
 from cxr.errors import PipelineError
-from cxr.images import normalize
+from cxr.images import standardize
 from cxr.models import train_mode
 
 
@@ -31,21 +32,69 @@ def select_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full fp32 on the CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for `train.precision` on `device`; None means plain fp32.
+
+    auto: bf16 on CUDA where supported, else fp16 (with loss scaling); fp32 on the CPU, where
+    bf16 only pays on CPUs with native bf16 units (AMX / AVX512-BF16).
+    """
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if precision == "bf16":
+            raise ConfigError("train.precision: 'bf16' is not supported by this GPU; use 'auto' (fp16) or 'fp32'")
+        return torch.float16
+    return torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the network runs: device, autocast dtype and memory format.
+
+    channels_last (NHWC) lets cuDNN and oneDNN pick their fastest convolutions; measured in
+    benchmarks/throughput.py.
+    """
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = True
+
+    @classmethod
+    def select(cls, precision: str = "auto") -> Runtime:
+        device = select_device()
+        return cls(device, amp_dtype(device, precision))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def images(self, batch: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """uint8 images (B, 3, H, W) on the CPU -> standardised float input on the device."""
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+        if augment is not None:
+            x = augment(x)
+        x = standardize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def features(self, batch: torch.Tensor, augment=None) -> torch.Tensor:
+        """Cached feature rows: only moved to the device."""
+        return batch.to(self.device, non_blocking=True)
 
 
 class NonFiniteLossError(PipelineError, FloatingPointError):
     """The loss became NaN or infinite: training stops at once instead of producing garbage."""
 
 
-def make_grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
+def make_grad_scaler(runtime: Runtime) -> torch.amp.GradScaler | None:
     """A loss scaler where autocast uses fp16 (CUDA without bf16); None elsewhere."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if runtime.device.type == "cuda" and runtime.dtype == torch.float16:
         return torch.amp.GradScaler("cuda")
     return None
 
@@ -75,30 +124,35 @@ def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray) -> EpochRe
 
 def train_epoch(
     model: nn.Module,
-    pixels: torch.Tensor,
+    inputs,
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable,
     decide: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
     generator: torch.Generator,
-    device: torch.device,
+    runtime: Runtime,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    *,
     epoch: int = 1,
     scaler: torch.amp.GradScaler | None = None,
+    freeze_mode="none",
 ) -> EpochResult:
-    """One pass over the training images in a seeded random order.
+    """One pass over the training inputs in a seeded random order.
 
-    `decide` turns logits into predicted labels for the running accuracy and F1. `scaler` (from
-    `make_grad_scaler`, one per run) scales fp16 losses on CUDA; None means no scaling.
+    `inputs[idx]` gives a CPU batch (uint8 images from the store, or cached features) and
+    `prepare` turns it into the model's input on the device (augmenting it when asked).
+    `decide` turns logits into predicted labels for the running accuracy and F1. `scaler`
+    (from `make_grad_scaler`, one per run) scales fp16 losses; None means no scaling.
     Raises NonFiniteLossError naming the epoch and batch when the loss is NaN or infinite.
     """
-    train_mode(model)
+    train_mode(model, freeze_mode)
     loss_sum, seen_labels, seen_preds = 0.0, [], []
     order = list(batches(len(labels), batch_size, generator))
     for batch, idx in enumerate(tqdm(order, desc=f"epoch {epoch}", unit="batch", leave=False), start=1):
-        x = normalize(pixels[idx].to(device, non_blocking=True))
-        y = labels[idx].to(device, non_blocking=True)
-        with autocast(device):
+        x = prepare(inputs[idx])
+        y = labels[idx].to(runtime.device, non_blocking=True)
+        with runtime.autocast():
             logits = model(x)
             loss = loss_fn(logits.float(), y)
         if not torch.isfinite(loss):
@@ -122,25 +176,32 @@ def train_epoch(
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, pixels: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits for every image, in order, with the model in eval mode (float32, on the CPU)."""
+def predict_logits(
+    model: nn.Module, inputs, batch_size: int, runtime: Runtime, prepare: Callable | None = None
+) -> torch.Tensor:
+    """Logits for every input, in order, with the model in eval mode (float32, on the CPU).
+
+    `inputs[idx]` gives CPU batches; `prepare` defaults to `runtime.images` (uint8 images).
+    """
     model.eval()
+    prepare = prepare or runtime.images
     out = []
-    for idx in batches(len(pixels), batch_size, None):
-        with autocast(device):
-            out.append(model(normalize(pixels[idx].to(device))).float().cpu())
+    for idx in batches(len(inputs), batch_size, None):
+        with runtime.autocast():
+            out.append(model(prepare(inputs[idx])).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
 def evaluate_epoch(
     model: nn.Module,
-    pixels: torch.Tensor,
+    inputs,
     labels: torch.Tensor,
     loss_fn: Callable,
     decide: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
-    device: torch.device,
+    runtime: Runtime,
+    prepare: Callable | None = None,
 ) -> EpochResult:
-    logits = predict_logits(model, pixels, batch_size, device)
+    logits = predict_logits(model, inputs, batch_size, runtime, prepare)
     loss = loss_fn(logits, labels).item() * len(labels)
     return summarize(loss, labels.numpy(), decide(logits).numpy())

@@ -10,11 +10,11 @@ from cxr.checkpoint import load_checkpoint
 from cxr.cli import stage
 from cxr.config import load_params
 from cxr.gallery import prediction_grid
-from cxr.images import excluded_files, load_pixels, scan_split
 from cxr.losses import probabilities
 from cxr.metrics import classification_scores, multilabel_scores
-from cxr.paths import DATA_METRICS, EVAL_LIVE_DIR, MODEL_PATH, RAW_DIR, TEST_METRICS
-from cxr.training import predict_logits, select_device
+from cxr.paths import DECODED_DIR, EVAL_LIVE_DIR, MODEL_PATH, RAW_DIR, TEST_METRICS
+from cxr.store import SplitStore, StoreError
+from cxr.training import Runtime, predict_logits
 
 
 def log_plots(live: Live, labels: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], multilabel: bool) -> None:
@@ -38,12 +38,13 @@ def log_plots(live: Live, labels: np.ndarray, probs: np.ndarray, classes: tuple[
 @stage("evaluate")
 def main() -> None:
     params = load_params().evaluate
-    device = select_device()
+    runtime = Runtime.select()
     model, spec, checkpoint = load_checkpoint(MODEL_PATH)
-    model.to(device)
-    test = scan_split(RAW_DIR, "test", spec.classes, spec.multilabel, excluded_files(DATA_METRICS, RAW_DIR))
-    pixels = load_pixels(test, spec.image_size)
-    probs = probabilities(predict_logits(model, pixels, params.batch_size, device), spec.loss).numpy()
+    runtime.prepare_model(model)
+    test = SplitStore(DECODED_DIR, "test", spec.image_size)
+    if test.classes != spec.classes:
+        raise StoreError(f"{DECODED_DIR}: classes {list(test.classes)} differ from the model's {list(spec.classes)}")
+    probs = probabilities(predict_logits(model, test, params.batch_size, runtime), spec.loss).numpy()
 
     if spec.multilabel:
         scores = multilabel_scores(test.labels, probs, spec.classes)
@@ -57,7 +58,8 @@ def main() -> None:
     with Live(dir=str(EVAL_LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         log_plots(live, test.labels, probs, spec.classes, spec.multilabel)
         if params.grid_images:
-            grid = prediction_grid(test.files, test.labels, probs, spec.classes, params.grid_images)
+            files = [RAW_DIR / f for f in test.files]
+            grid = prediction_grid(files, test.labels, probs, spec.classes, params.grid_images)
             live.log_image("predictions.png", grid)
     # dvclive always writes a summary file; the test scores have their own, metrics/test.json
     (EVAL_LIVE_DIR / "metrics.json").unlink(missing_ok=True)

@@ -10,6 +10,9 @@ import yaml
 
 from cxr.config import parse_params
 from cxr.demo_data import write_demo_dataset
+from cxr.trainer import train
+from stages.decode import decode
+from stages.features import cache_features
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +27,20 @@ def tiny_params_dict(**train_overrides) -> dict:
     raw["train"].update(train_overrides)
     raw["evaluate"].update(grid_images=2)
     return raw
+
+
+def train_on(params, raw_root: Path, work: Path) -> dict:
+    """Run decode, features and train as the pipeline does, with outputs under `work`."""
+    decode(params, raw_root, work / "data/decoded", work / "no-data.json")
+    cache_features(params, work / "data/decoded", work / "data/features")
+    return train(
+        params,
+        work / "data/decoded",
+        work / "models/model.pt",
+        work / "models/last.pt",
+        work / "metrics/train",
+        work / "data/features",
+    )
 
 
 @pytest.fixture

@@ -29,9 +29,10 @@ def test_layout_and_counts(demo_root):
 
 def test_same_params_give_identical_files(tmp_path, demo_root):
     params = parse_params(tiny_params_dict())
-    again = tmp_path / "again"
-    write_demo_dataset(again, params.data, params.seed)
-    assert _digest(again) == _digest(demo_root)
+    for workers in (1, 2):  # one process or several: the same bytes
+        again = tmp_path / f"again{workers}"
+        write_demo_dataset(again, params.data, params.seed, workers=workers)
+        assert _digest(again) == _digest(demo_root)
 
 
 def test_seed_changes_the_images(tmp_path, demo_root):

@@ -17,9 +17,8 @@ from cxr.losses import make_loss
 from cxr.metrics import multilabel_scores
 from cxr.models import Head, build_model, freeze, head_name, train_mode
 from cxr.optim import make_optimizer, make_schedule
-from cxr.trainer import train
 from cxr.training import NonFiniteLossError
-from tests.conftest import tiny_params_dict
+from tests.conftest import tiny_params_dict, train_on
 
 BN = nn.modules.batchnorm._BatchNorm
 RESNET_PARTIAL = ["conv1", "bn1", "layer1", "layer2"]
@@ -191,7 +190,7 @@ def _run(tmp_path, demo_root, monkeypatch, sub, **overrides):
     work.mkdir(exist_ok=True)
     monkeypatch.chdir(work)
     params = parse_params(tiny_params_dict(**overrides))
-    best = train(params, raw_dir=demo_root)
+    best = train_on(params, demo_root, work)
     return work, best
 
 
@@ -224,7 +223,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, demo_root, monkeypat
     real_epoch = trainer_module.train_epoch
 
     def interrupted(*args, **kwargs):
-        if args[-1] == 3:  # the epoch number
+        if kwargs["epoch"] == 3:
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 

@@ -12,6 +12,7 @@ from cxr.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from cxr.gallery import pick_examples, prediction_grid
 from cxr.images import IMAGENET_MEAN, IMAGENET_STD, scan_split
 from cxr.metrics import classification_scores
+from cxr.store import PREPROCESSING
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -39,7 +40,18 @@ def test_failed_folder_build_keeps_the_previous_folder(tmp_path):
 
 def test_checkpoint_round_trip_predicts_the_same(tmp_path):
     spec = ModelSpec(
-        "resnet18", ("a", "b", "c"), "multiclass", "ce", (8,), 0.1, "gelu", False, 32, IMAGENET_MEAN, IMAGENET_STD
+        "resnet18",
+        ("a", "b", "c"),
+        "multiclass",
+        "ce",
+        (8,),
+        0.1,
+        "gelu",
+        False,
+        32,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        PREPROCESSING,
     )
     model = spec.build().eval()
     path = tmp_path / "models" / "model.pt"
@@ -83,7 +95,9 @@ def test_grid_shows_confident_right_and_wrong(demo_root):
 
 
 def test_same_weights_give_byte_identical_checkpoints(tmp_path):
-    spec = ModelSpec("resnet18", ("a", "b"), "binary", "bce", (), 0.0, "relu", False, 32, IMAGENET_MEAN, IMAGENET_STD)
+    spec = ModelSpec(
+        "resnet18", ("a", "b"), "binary", "bce", (), 0.0, "relu", False, 32, IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING
+    )
     model = spec.build()
     save_checkpoint(tmp_path / "one.pt", model, spec, epoch=1)
     save_checkpoint(tmp_path / "two.pt", model, spec, epoch=1)

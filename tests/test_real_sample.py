@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from cxr.config import parse_params
-from cxr.images import load_pixels, scan_split
+from cxr.images import scan_split
 from cxr.sources import write_dataset
+from cxr.store import SplitStore, build_store
 from cxr.verification import verify_splits
 from tests.conftest import REPO, tiny_params_dict
 
@@ -41,6 +42,7 @@ def test_real_files_go_through_folder_source_verify_and_decoding(tmp_path):
     assert sum(c["covid"] for c in counts.values()) == placed["covid"] == 95
     assert sum(c["normal"] for c in counts.values()) == placed["normal"] == 3
     split = scan_split(out, "train")
-    pixels = load_pixels(split, 64)
+    build_store(out, tmp_path / "decoded", 64, multilabel=False)
+    pixels = SplitStore(tmp_path / "decoded", "train")[range(len(split.files))]
     assert pixels.shape == (len(split.files), 3, 64, 64) and pixels.dtype == torch.uint8
     assert pixels.float().std() > 10  # real content, not blank frames

@@ -1,0 +1,191 @@
+"""The decode-once image store: each split decoded, resized and kept as uint8 rows on disk.
+
+Decoding and resizing a 1024 px PNG costs about as much as a ResNet18 inference, so the
+notebooks' habit of decoding every file in every epoch doubles the cost of an epoch. The
+`decode` stage does it once per dataset and image size into `data/decoded/{split}.npy`
+(N x 3 x S x S uint8, a standard .npy file) plus `index.json` (files, labels, classes).
+Batches are read with `pread` into one buffer: memory stays at one batch however large the
+dataset, and the operating system's page cache keeps hot rows in RAM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from cxr.atomic import atomic_dir
+from cxr.images import SPLITS, DatasetError, open_rgb, scan_split
+
+STORE_FORMAT = 1
+INDEX = "index.json"
+# How a file becomes a row: decoded to 8-bit RGB (cxr.images.open_rgb), then resized to a
+# square with PIL's bilinear filter. Recorded in the index and in checkpoints.
+PREPROCESSING = "rgb8-square-bilinear"
+
+
+def decode_image(path: Path | str, image_size: int) -> np.ndarray:
+    """One image file as the model sees it before normalisation: uint8 (3, size, size)."""
+    img = open_rgb(Path(path)).resize((image_size, image_size), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+
+
+def _decode_job(job: tuple[str, int]) -> bytes:
+    return decode_image(*job).tobytes()
+
+
+def _write_rows(path: Path, n: int, image_size: int, rows: Iterable[bytes], desc: str) -> None:
+    """An .npy file of n uint8 rows (3, size, size), written as they come."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": (n, 3, image_size, image_size)}
+    written = 0
+    with path.open("wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for row in tqdm(rows, total=n, desc=desc, unit="img", mininterval=1.0):
+            out.write(row)
+            written += 1
+    if written != n:
+        raise StoreError(f"{path}: {written} rows written, {n} expected")
+
+
+def write_store(
+    out_dir: Path,
+    image_size: int,
+    classes: Sequence[str],
+    multilabel: bool,
+    splits: Mapping[str, tuple[Sequence[str], list, Iterable[bytes]]],
+) -> None:
+    """Write a store (replacing `out_dir` atomically) from, per split: relative file names,
+    labels (class indices or multi-hot rows) and an iterable of uint8 rows as bytes."""
+    index: dict = {
+        "format": STORE_FORMAT,
+        "image_size": image_size,
+        "preprocessing": PREPROCESSING,
+        "multilabel": multilabel,
+        "classes": list(classes),
+        "splits": {},
+    }
+    with atomic_dir(out_dir) as tmp:
+        for name, (files, labels, rows) in splits.items():
+            _write_rows(tmp / f"{name}.npy", len(files), image_size, rows, f"decode {name}")
+            index["splits"][name] = {"files": list(files), "labels": labels}
+        (tmp / INDEX).write_text(json.dumps(index) + "\n")
+
+
+def build_store(
+    raw_dir: Path,
+    out_dir: Path,
+    image_size: int,
+    multilabel: bool,
+    exclude: frozenset[Path] = frozenset(),
+    workers: int | None = None,
+) -> dict[str, int]:
+    """Decode every split of `raw_dir` into a store at `out_dir` (replaced atomically), in
+    `workers` processes (default: the CPU count, at most 8). Returns images per split.
+    `exclude` lists files verify skipped."""
+    raw_dir = Path(raw_dir)
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    train = scan_split(raw_dir, "train", None, multilabel, exclude)
+    found = {name: scan_split(raw_dir, name, train.classes, multilabel, exclude) for name in SPLITS}
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ProcessPoolExecutor(workers)) if workers > 1 else None
+
+        def rows(files: Sequence[Path]) -> Iterator[bytes]:  # lazy: one split's rows in flight at a time
+            jobs = [(str(f), image_size) for f in files]
+            if pool is None or len(jobs) < 2:
+                yield from map(_decode_job, jobs)
+            else:
+                yield from pool.map(_decode_job, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
+
+        splits = {
+            name: ([f.relative_to(raw_dir).as_posix() for f in s.files], s.labels.tolist(), rows(s.files))
+            for name, s in found.items()
+        }
+        write_store(out_dir, image_size, train.classes, multilabel, splits)
+    return {name: len(s.files) for name, s in found.items()}
+
+
+class StoreError(DatasetError):
+    """The decoded store is missing, from another format or for another image size."""
+
+
+class SplitStore:
+    """One split of the store: `store[idx]` reads rows as a uint8 tensor (B, 3, S, S).
+
+    `files` are relative to the raw data folder; `labels` as in `cxr.images.Split`.
+    """
+
+    _fd = -1
+
+    def __init__(self, root: Path | str, name: str, image_size: int | None = None):
+        root = Path(root)
+        index_path = root / INDEX
+        if not index_path.is_file():
+            raise StoreError(f"{index_path}: decoded image store not found; run `dvc repro decode` first")
+        index = json.loads(index_path.read_text())
+        if index.get("format") != STORE_FORMAT:
+            raise StoreError(f"{root}: store format {index.get('format')!r}, expected {STORE_FORMAT}; rerun decode")
+        if image_size is not None and index["image_size"] != image_size:
+            raise StoreError(
+                f"{root}: images stored at {index['image_size']} px but the model needs {image_size} px; "
+                "run `dvc repro` so decode follows train.image_size"
+            )
+        if name not in index["splits"]:
+            raise StoreError(f"{root}: no split {name!r} in the store (has {sorted(index['splits'])})")
+        entry = index["splits"][name]
+        self.name = name
+        self.root = root
+        self.classes: tuple[str, ...] = tuple(index["classes"])
+        self.image_size: int = index["image_size"]
+        self.preprocessing: str = index["preprocessing"]
+        self.files: tuple[str, ...] = tuple(entry["files"])
+        if index["multilabel"]:
+            self.labels = np.asarray(entry["labels"], dtype=np.float32).reshape(len(self.files), len(self.classes))
+        else:
+            self.labels = np.asarray(entry["labels"], dtype=np.int64).reshape(len(self.files))
+        self.path = root / f"{name}.npy"
+        with self.path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(f)
+            self._offset = f.tell()
+        expected = (len(self.files), 3, self.image_size, self.image_size)
+        if tuple(shape) != expected or dtype != np.uint8:
+            raise StoreError(f"{self.path}: holds {dtype} {tuple(shape)}, the index describes uint8 {expected}")
+        self._row_bytes = 3 * self.image_size * self.image_size
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, idx: torch.Tensor | Sequence[int] | slice) -> torch.Tensor:
+        rows = range(len(self))[idx] if isinstance(idx, slice) else [int(i) for i in idx]
+        out = torch.empty((len(rows), 3, self.image_size, self.image_size), dtype=torch.uint8)
+        buffer = out.numpy().reshape(len(rows), self._row_bytes)
+        for j, i in enumerate(rows):
+            if not 0 <= i < len(self):
+                raise IndexError(f"{self.path}: row {i} out of range 0..{len(self) - 1}")
+            if os.preadv(self._fd, [buffer[j]], self._offset + i * self._row_bytes) != self._row_bytes:
+                raise StoreError(f"{self.path}: truncated at row {i}; rerun `dvc repro -f decode`")
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self):
+        self.close()

@@ -1,0 +1,34 @@
+"""Stage `decode`: decode and resize every image of data/raw once, into data/decoded."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cxr.cli import stage
+from cxr.config import Params, load_params
+from cxr.images import excluded_files
+from cxr.paths import DATA_METRICS, DECODED_DIR, RAW_DIR
+from cxr.store import build_store
+
+
+def decode(params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = DECODED_DIR, data_metrics=DATA_METRICS) -> None:
+    """Decode every split of `raw_dir` at train.image_size into the store at `out_dir`."""
+    start = time.perf_counter()
+    multilabel = params.data.task == "multilabel"
+    skip = excluded_files(data_metrics, raw_dir)
+    counts = build_store(raw_dir, out_dir, params.train.image_size, multilabel, skip)
+    total = sum(counts.values())
+    print(
+        f"decode: {total} images ({', '.join(f'{k} {v}' for k, v in counts.items())}) at "
+        f"{params.train.image_size} px -> {out_dir}/ in {time.perf_counter() - start:.1f} s"
+    )
+
+
+@stage("decode")
+def main() -> None:
+    decode(load_params())
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,8 +76,6 @@ class Runtime:
 
     def images(self, batch: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """uint8 images (B, 3, H, W) on the CPU -> standardised float input on the device."""
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
         x = batch.to(self.device, non_blocking=True).float().div_(255.0)
         if augment is not None:
             x = augment(x)
@@ -110,6 +109,25 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Itera
     """Index batches over n items: shuffled by `generator`, or in order when it is None."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     yield from order.split(batch_size)
+
+
+def prefetched(inputs, order: list[torch.Tensor], pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(indices, CPU batch) pairs, each batch read (and pinned, for CUDA) in a background thread
+    while the one before it computes: `pread` and pinning release the GIL."""
+    if not order:
+        return
+
+    def load(idx: torch.Tensor) -> torch.Tensor:
+        batch = inputs[idx]
+        return batch.pin_memory() if pin else batch
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(load, order[0])
+        for i, idx in enumerate(order):
+            batch = pending.result()
+            if i + 1 < len(order):
+                pending = pool.submit(load, order[i + 1])
+            yield idx, batch
 
 
 def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray) -> EpochResult:
@@ -147,15 +165,17 @@ def train_epoch(
     Raises NonFiniteLossError naming the epoch and batch when the loss is NaN or infinite.
     """
     train_mode(model, freeze_mode)
-    loss_sum, seen_labels, seen_preds = 0.0, [], []
+    loss_sums, seen_labels, seen_preds = [], [], []
     order = list(batches(len(labels), batch_size, generator))
-    for batch, idx in enumerate(tqdm(order, desc=f"epoch {epoch}", unit="batch", leave=False), start=1):
-        x = prepare(inputs[idx])
+    loader = prefetched(inputs, order, pin=runtime.device.type == "cuda")
+    progress = tqdm(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False)
+    for batch, (idx, cpu_batch) in enumerate(progress, start=1):
+        x = prepare(cpu_batch)
         y = labels[idx].to(runtime.device, non_blocking=True)
         with runtime.autocast():
             logits = model(x)
             loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss):  # the one wait for the device per batch
             lr = optimizer.param_groups[0]["lr"]
             raise NonFiniteLossError(
                 f"train: loss is {loss.item()} at epoch {epoch}, batch {batch}/{len(order)} (lr {lr:g}); "
@@ -169,10 +189,11 @@ def train_epoch(
         else:
             loss.backward()
             optimizer.step()
-        loss_sum += loss.item() * len(idx)
-        seen_labels.append(y.cpu())
-        seen_preds.append(decide(logits.detach().float()).cpu())
-    return summarize(loss_sum, torch.cat(seen_labels).numpy(), torch.cat(seen_preds).numpy())
+        loss_sums.append(loss.detach() * len(idx))  # stays on the device until the epoch ends
+        seen_labels.append(y)
+        seen_preds.append(decide(logits.detach().float()))
+    loss_sum = torch.stack(loss_sums).sum().item() if loss_sums else 0.0
+    return summarize(loss_sum, torch.cat(seen_labels).cpu().numpy(), torch.cat(seen_preds).cpu().numpy())
 
 
 @torch.inference_mode()
@@ -186,10 +207,11 @@ def predict_logits(
     model.eval()
     prepare = prepare or runtime.images
     out = []
-    for idx in batches(len(inputs), batch_size, None):
+    order = list(batches(len(inputs), batch_size, None))
+    for _, batch in prefetched(inputs, order, runtime.device.type == "cuda"):
         with runtime.autocast():
-            out.append(model(prepare(inputs[idx])).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+            out.append(model(prepare(batch)).float())
+    return torch.cat(out).cpu() if out else torch.empty(0)
 
 
 def evaluate_epoch(

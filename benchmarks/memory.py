@@ -1,0 +1,183 @@
+"""`python -m benchmarks.memory`: peak memory of training from the uint8 store, at scale.
+
+Writes a store of generated phantoms (10,000 training images at 224 px by default: 1.5 GB of
+uint8 rows, as `decode` would write them) and trains ResNet18 on it in a child process, whose
+peak resident memory (VmHWM) is the figure. The store is read a batch at a time with `pread`,
+so the peak should not depend on how many images the store holds; compare `--images 1000`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _row(job: tuple[int, int, int]) -> bytes:
+    from cxr.phantoms import render_phantom
+
+    index, size, seed = job
+    label = ("infected", "normal")[index % 2]
+    gray = render_phantom((label,), size, 0.3, np.random.default_rng([seed, index]))
+    return np.repeat(gray[None], 3, axis=0).tobytes()
+
+
+def make_store(out: Path, images: int, size: int, seed: int = 0) -> Path:
+    """A store with `images` training rows and 64 val and test rows each; reused when present."""
+    from cxr.store import write_store
+
+    if (out / "index.json").is_file():
+        return out
+    counts = {"train": images, "val": 64, "test": 64}
+    start = 0
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        splits = {}
+        for name, n in counts.items():
+            jobs = [(start + i, size, seed) for i in range(n)]
+            rows = pool.map(_row, jobs, chunksize=64)
+            splits[name] = ([f"{name}/{i:06d}.png" for i in range(n)], [i % 2 for i in range(n)], rows)
+            start += n
+        write_store(out, size, ("infected", "normal"), False, splits)
+    return out
+
+
+def _memory_kib() -> dict[str, int]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+class AnonPeak(threading.Thread):
+    """Samples RssAnon (private memory: tensors, heap; not the shared library pages that
+    VmHWM also counts) every few milliseconds and keeps the highest value."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.003):
+            self.peak = max(self.peak, _memory_kib()["RssAnon"])
+
+
+def child(store: str, steps: int, batch_size: int, arch: str) -> None:
+    """Train `arch` on the store for `steps` batches in a random order over all of it."""
+    import torch
+
+    from cxr import training
+    from cxr.losses import decisions, make_loss, probabilities
+    from cxr.models import build_model
+    from cxr.store import SplitStore
+
+    images = SplitStore(store, "train")
+    torch.manual_seed(0)
+    runtime = training.Runtime.select()
+    model = runtime.prepare_model(build_model(arch, 2, (64,), 0.2, images.image_size))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    before = _memory_kib()["VmRSS"]
+    if steps:  # the first `steps` batches of a shuffle of every row
+        full = training.batches
+        training.batches = lambda n, size, generator: itertools.islice(full(n, size, generator), steps)
+    sampler = AnonPeak()
+    sampler.start()
+    start = time.perf_counter()
+    training.train_epoch(
+        model,
+        images,
+        torch.from_numpy(images.labels),
+        optimizer,
+        make_loss("ce", 2),
+        lambda z: decisions(probabilities(z, "ce"), False),
+        batch_size,
+        torch.Generator().manual_seed(0),
+        runtime,
+        runtime.images,
+    )
+    seconds = time.perf_counter() - start
+    sampler.stop.set()
+    seen = min(len(images), steps * batch_size) if steps else len(images)
+    after = _memory_kib()
+    print(
+        json.dumps(
+            {
+                "rss_before_training_kib": before,
+                "peak_kib": after["VmHWM"],
+                "peak_anon_kib": sampler.peak,
+                "library_pages_kib": after["RssFile"],
+                "images_seen": seen,
+                "seconds": round(seconds, 1),
+                "device": str(runtime.device),
+            }
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=60, help="training batches (0 = a whole epoch)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--data", type=Path, default=REPO / ".bench")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.steps, args.batch_size, args.arch)
+        return {}
+
+    start = time.perf_counter()
+    store = make_store(args.data / f"store-{args.images}-{args.image_size}", args.images, args.image_size)
+    size = sum(f.stat().st_size for f in store.glob("*.npy"))
+    print(f"store: {store} ({size / 2**30:.2f} GiB on disk, ready in {time.perf_counter() - start:.0f} s)")
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory",
+        "--child",
+        str(store),
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--arch",
+        args.arch,
+    ]
+    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(
+        images_in_store=args.images,
+        image_size=args.image_size,
+        store_gib=round(size / 2**30, 3),
+        peak_gib=round(result["peak_kib"] / 2**20, 3),
+        arch=args.arch,
+        batch_size=args.batch_size,
+        peak_anon_gib=round(result["peak_anon_kib"] / 2**20, 3),
+    )
+    print(
+        f"{args.arch} training, batch {args.batch_size}, {result['images_seen']} images read at random from a store of "
+        f"{args.images} x {args.image_size} px ({result['store_gib']:.2f} GiB), on {result['device']}: "
+        f"peak resident memory {result['peak_gib']:.2f} GiB (before the first batch "
+        f"{result['rss_before_training_kib'] / 2**20:.2f} GiB; shared library pages "
+        f"{result['library_pages_kib'] / 2**20:.2f} GiB); peak private memory {result['peak_anon_gib']:.2f} GiB"
+    )
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

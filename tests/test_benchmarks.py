@@ -1,0 +1,52 @@
+"""The benchmark scripts run end to end on tiny inputs (their figures are not checked here:
+speed is measured by running them, see README "Speed")."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import memory, throughput, train_speed
+
+
+def test_throughput_benchmark_reports_every_key(tmp_path, capsys):
+    result = throughput.main(
+        [
+            "--train-per-class",
+            "4",
+            "--test-per-class",
+            "3",
+            "--file-size",
+            "64",
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--data",
+            str(tmp_path),
+        ]
+    )
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last == result
+    for key in ("frozen_speedup", "finetune_speedup", "eval_speedup", "train_peak_fraction"):
+        assert result[key] > 0, key
+    assert (tmp_path / "png64-4-3" / ".complete").is_file()  # generated data is reused by the next run
+
+
+def test_memory_benchmark_measures_a_child_process(tmp_path):
+    result = memory.main(
+        ["--images", "40", "--image-size", "32", "--steps", "2", "--batch-size", "4", "--data", str(tmp_path)]
+    )
+    assert result["images_seen"] == 8 and result["images_in_store"] == 40
+    assert result["peak_kib"] >= result["rss_before_training_kib"] > 0 and result["peak_anon_kib"] > 0
+
+
+def test_train_speed_benchmark_times_both_settings():
+    result = train_speed.main(
+        ["--archs", "resnet18", "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1"]
+    )
+    assert set(result["resnet18"]) == {"fp32", "channels_last + fp32", "model_only"}
+    assert all(rate > 0 for rate in result["resnet18"].values())

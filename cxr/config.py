@@ -182,7 +182,18 @@ class TrainConfig(_Section):
 
 class EvaluateConfig(_Section):
     batch_size: PositiveInt
+    threshold: float | str
+    bootstrap: Annotated[int, Field(ge=0, le=100_000)]
+    calibration_bins: Annotated[int, Field(ge=2, le=100)]
     grid_images: Annotated[int, Field(ge=0, le=64)]
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_rule(cls, value):
+        from cxr.clinical import ThresholdRule
+
+        ThresholdRule(value)  # raises ValueError with the allowed spellings
+        return value
 
 
 class Params(_Section):

@@ -15,13 +15,16 @@ from sklearn.metrics import (
 )
 
 
-def classification_scores(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+def classification_scores(
+    labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], preds: np.ndarray | None = None
+) -> dict:
     """Accuracy, macro and per-class precision/recall/F1/ROC AUC, and the confusion matrix.
 
-    `labels` holds class indices (N,), `probs` softmax probabilities (N, C). The confusion
-    matrix has one row per true class and one column per predicted class, in `classes` order.
+    `labels` holds class indices (N,), `probs` probabilities (N, C), `preds` the decisions
+    (default: argmax). The confusion matrix has one row per true class and one column per
+    predicted class, in `classes` order.
     """
-    preds = probs.argmax(1)
+    preds = probs.argmax(1) if preds is None else preds
     index = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=index, zero_division=0)
     per_class = {}
@@ -52,11 +55,14 @@ def _auc(truth: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else None
 
 
-def multilabel_scores(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float = 0.5) -> dict:
+def multilabel_scores(
+    targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float | Sequence[float] = 0.5
+) -> dict:
     """Subset accuracy, macro/micro F1, and per class precision/recall/F1/ROC AUC and a 2x2
-    confusion matrix ([[tn, fp], [fn, tp]]). `targets` and `probs` are (N, C)."""
+    confusion matrix ([[tn, fp], [fn, tp]]). `targets` and `probs` are (N, C); `threshold`
+    is one for all classes or one per class."""
     targets = targets.astype(int)
-    preds = (probs >= threshold).astype(int)
+    preds = (probs >= np.asarray(threshold)).astype(int)
     precision, recall, f1, support = precision_recall_fscore_support(targets, preds, zero_division=0)
     matrices = multilabel_confusion_matrix(targets, preds)
     per_class = {
@@ -72,7 +78,7 @@ def multilabel_scores(targets: np.ndarray, probs: np.ndarray, classes: Sequence[
     }
     return {
         "n": int(len(targets)),
-        "threshold": threshold,
+        "threshold": threshold if np.isscalar(threshold) else list(threshold),
         "subset_accuracy": float(accuracy_score(targets, preds)),
         "f1_macro": float(f1.mean()),
         "f1_micro": float(f1_score(targets, preds, average="micro", zero_division=0)),

@@ -10,6 +10,7 @@ MODEL_PATH = Path("models/model.pt")
 LAST_PATH = Path("models/last.pt")  # state after the latest finished epoch, for train.resume
 TRAIN_LIVE_DIR = Path("metrics/train")
 TEST_METRICS = Path("metrics/test.json")
+PREDICTIONS = Path("metrics/predictions.csv")  # one row per test image
 EVAL_LIVE_DIR = Path("metrics/eval")
 DECODED_DIR = Path("data/decoded")  # every split decoded once at train.image_size (cxr/store.py)
 FEATURES_DIR = Path("data/features")  # frozen-backbone features of train and val (cxr/features.py)

@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score
 from cxr.atomic import atomic_dir, write_json
 from cxr.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from cxr.gallery import pick_examples, prediction_grid
-from cxr.images import IMAGENET_MEAN, IMAGENET_STD, scan_split
+from cxr.images import IMAGENET_MEAN, IMAGENET_STD, open_rgb, scan_split
 from cxr.metrics import classification_scores
 from cxr.store import PREPROCESSING
 
@@ -87,10 +87,11 @@ def test_grid_shows_confident_right_and_wrong(demo_root):
     labels = np.asarray(split.labels)
     probs = np.tile([[0.9, 0.1]], (len(labels), 1))
     probs[0] = [0.6, 0.4]
-    correct, wrong = pick_examples(labels, probs, 3)
+    preds = probs.argmax(1)
+    correct, wrong = pick_examples(labels, probs, preds, 3)
     assert all(labels[i] == 0 for i in correct) and all(labels[i] == 1 for i in wrong)
     assert 0 not in correct  # less confident than the rest
-    image = prediction_grid(split.files, labels, probs, split.classes, 3)
+    image = prediction_grid(lambda i: open_rgb(split.files[i]), labels, probs, preds, split.classes, (correct, wrong))
     assert image.width == 3 * 160 and image.height > 2 * 160
 
 

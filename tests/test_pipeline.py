@@ -61,7 +61,7 @@ def repo(tmp_path_factory):
 
 def test_repro_builds_everything_then_nothing(repo):
     _, out = dvc(repo, "repro")
-    for stage in ("download", "verify", "train", "evaluate"):
+    for stage in ("download", "verify", "decode", "features", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
     data = json.loads((repo / "metrics/data.json").read_text())
     assert data["train"] == {"total": 24, "infected": 12, "normal": 12}
@@ -72,7 +72,13 @@ def test_repro_builds_everything_then_nothing(repo):
     assert summary["trainable_params"] > 1_000_000 and summary["step"] == 1
     assert (repo / "metrics/train/plots/metrics/val/f1.tsv").read_text().count("\n") == 3  # header + 2 epochs
     assert (repo / "metrics/eval/plots/images/predictions.png").is_file()
-    assert (repo / "metrics/eval/plots/sklearn/roc/infected.json").is_file()
+    assert (repo / "metrics/eval/plots/images/gradcam.png").is_file()
+    for kind in ("roc", "precision_recall", "calibration"):
+        assert (repo / f"metrics/eval/plots/sklearn/{kind}/infected.json").is_file(), kind
+    screening = test["screening"]["infected"]
+    assert screening["threshold"] == 0.5 and screening["sensitivity_ci95_low"] <= screening["sensitivity"]
+    rows = (repo / "metrics/predictions.csv").read_text().splitlines()
+    assert rows[0] == "path,true,predicted,p_infected,p_normal" and len(rows) == 1 + 12
     assert (repo / "models/model.pt").is_file()
     assert not (repo / "metrics/eval/metrics.json").exists()
 
@@ -113,9 +119,9 @@ def test_experiments_metrics_diff_and_plots(repo, tmp_path):
     out_dir = tmp_path / "plots"
     dvc(repo, "plots", "show", "-o", str(out_dir))
     page = (out_dir / "index.html").read_text()
-    for title in ("Loss", "Accuracy", "Test confusion matrix", "roc"):
+    for title in ("Loss", "Accuracy", "Test confusion matrix", "normalised", "roc", "precision_recall", "calibration"):
         assert title in page, title
-    assert list((out_dir / "static").glob("*predictions.png"))
+    assert list((out_dir / "static").glob("*predictions.png")) and list((out_dir / "static").glob("*gradcam.png"))
 
 
 def test_bad_params_fail_before_any_work(repo):

@@ -1,0 +1,166 @@
+"""Scoring a checkpoint on the test split: decisions at a threshold fitted on validation,
+screening metrics with confidence intervals, calibration, per-image predictions, plots and
+a Grad-CAM gallery."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+
+from cxr.atomic import atomic_path, write_json
+from cxr.checkpoint import ModelSpec, load_checkpoint
+from cxr.clinical import ThresholdRule, operating_points, screening_report
+from cxr.config import Params
+from cxr.gallery import pick_examples, prediction_grid
+from cxr.gradcam import gradcam, last_spatial_layer, overlay
+from cxr.images import open_rgb
+from cxr.losses import probabilities
+from cxr.metrics import classification_scores, multilabel_scores
+from cxr.store import SplitStore, StoreError
+from cxr.training import Runtime, predict_logits
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _class_view(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, i: int, multilabel: bool):
+    """(truth, scores, decisions) of class i against the rest."""
+    if multilabel:
+        return labels[:, i] > 0, probs[:, i], preds[:, i] > 0
+    return labels == i, probs[:, i], preds == i
+
+
+def write_predictions(path: Path, test: SplitStore, probs: np.ndarray, preds: np.ndarray, classes) -> None:
+    """metrics/predictions.csv: one row per test image with true and predicted label(s) and
+    every class probability."""
+
+    def names(row) -> str:
+        return ";".join(c for c, on in zip(classes, row, strict=True) if on)
+
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
+        for i, file in enumerate(test.files):
+            if test.multilabel:
+                true, pred = names(test.labels[i]), names(preds[i])
+            else:
+                true, pred = classes[test.labels[i]], classes[preds[i]]
+            writer.writerow([file, true, pred, *(f"{p:.6f}" for p in probs[i])])
+
+
+def _log_plots(live: Live, test: SplitStore, probs, preds, classes, screened: list[int], bins: int) -> None:
+    names = np.asarray(classes)
+    for i in screened:
+        truth, scores, decided = _class_view(test.labels, probs, preds, i, test.multilabel)
+        if truth.all() or not truth.any():
+            continue  # one class only: no curve
+        cls = classes[i]
+        live.log_sklearn_plot("roc", truth.astype(int), scores, name=f"roc/{cls}.json")
+        live.log_sklearn_plot("precision_recall", truth.astype(int), scores, name=f"precision_recall/{cls}.json")
+        live.log_sklearn_plot("calibration", truth.astype(int), scores, name=f"calibration/{cls}.json", n_bins=bins)
+        if test.multilabel:  # no single N x N matrix: one 2 x 2 per class
+            live.log_sklearn_plot(
+                "confusion_matrix",
+                np.where(truth, cls, f"not {cls}").tolist(),
+                np.where(decided, cls, f"not {cls}").tolist(),
+                name=f"confusion/{cls}.json",
+            )
+    if not test.multilabel:
+        live.log_sklearn_plot("confusion_matrix", names[test.labels].tolist(), names[preds].tolist())
+
+
+def _gallery(model, spec: ModelSpec, test: SplitStore, probs, preds, per_kind: int, raw_dir: Path, runtime):
+    examples = pick_examples(test.labels, probs, preds, per_kind)
+    chosen = examples[0] + examples[1]
+    predictions = prediction_grid(
+        lambda i: open_rgb(raw_dir / test.files[i]), test.labels, probs, preds, spec.classes, examples
+    )
+    if not chosen:
+        return predictions, None
+    pixels = test[chosen]
+    # explain the decision: the predicted class (multi-label: the most probable one)
+    target = probs[chosen].argmax(1) if test.multilabel else preds[chosen]
+    model.to(runtime.device)
+    layer = last_spatial_layer(model, spec.image_size)
+    cams = gradcam(model, runtime.images(pixels), torch.as_tensor(target), layer).numpy()
+    overlays = {i: overlay(pixels[k].numpy(), cams[k]) for k, i in enumerate(chosen)}
+    title = f"Grad-CAM on {layer} for the predicted class (red: strongest evidence)"
+    cam_grid = prediction_grid(overlays.__getitem__, test.labels, probs, preds, spec.classes, examples, title)
+    return predictions, cam_grid
+
+
+def evaluate(
+    params: Params,
+    model_path: Path,
+    store_dir: Path,
+    raw_dir: Path,
+    metrics_path: Path,
+    predictions_path: Path,
+    live_dir: Path,
+) -> dict:
+    """Score `model_path` on test; returns (and writes) the metrics."""
+    cfg = params.evaluate
+    runtime = Runtime.select()
+    model, spec, checkpoint = load_checkpoint(model_path)
+    runtime.prepare_model(model)
+    val, test = (SplitStore(store_dir, name, spec.image_size) for name in ("val", "test"))
+    if test.classes != spec.classes:
+        raise StoreError(f"{store_dir}: classes {list(test.classes)} differ from the model's {list(spec.classes)}")
+
+    def probs_of(split: SplitStore) -> np.ndarray:
+        logits = predict_logits(model, split, cfg.batch_size, runtime)
+        return probabilities(logits, spec.loss).numpy().astype(np.float64)  # JSON-friendly floats
+
+    val_probs, probs = probs_of(val), probs_of(test)
+    rule = ThresholdRule(cfg.threshold)
+    preds, thresholds = operating_points(spec.classes, spec.multilabel, val.labels, val_probs, probs, rule)
+    if spec.multilabel:
+        scores = multilabel_scores(test.labels, probs, spec.classes, list(thresholds.values()))
+    else:
+        scores = classification_scores(test.labels, probs, spec.classes, preds)
+    # binary: the screened (positive) class; otherwise every class against the rest
+    screened = [spec.classes.index(c) for c in thresholds]
+    screening = {}
+    for i in screened:
+        cls = spec.classes[i]
+        truth, class_scores, decided = _class_view(test.labels, probs, preds, i, spec.multilabel)
+        report = screening_report(truth, class_scores, decided, cfg.bootstrap, params.seed, cfg.calibration_bins)
+        screening[cls] = {"threshold": thresholds[cls], **report}
+    scores["threshold_rule"] = "argmax" if len(spec.classes) > 2 and not spec.multilabel else str(cfg.threshold)
+    scores["screening"] = screening
+    scores["checkpoint_epoch"] = checkpoint["epoch"]
+    scores["model_sha256"] = file_sha256(model_path)  # lets `stages.predict` reuse these thresholds
+    write_json(metrics_path, scores)
+    write_predictions(predictions_path, test, probs, preds, spec.classes)
+
+    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        _log_plots(live, test, probs, preds, spec.classes, screened, cfg.calibration_bins)
+        if cfg.grid_images:
+            grid, cams = _gallery(model, spec, test, probs, preds, cfg.grid_images, raw_dir, runtime)
+            live.log_image("predictions.png", grid)
+            if cams is not None:
+                live.log_image("gradcam.png", cams)
+    # dvclive always writes a summary file; the test scores have their own
+    (Path(live_dir) / "metrics.json").unlink(missing_ok=True)
+    return scores
+
+
+def load_decision_thresholds(metrics_path: Path, model_path: Path) -> dict[str, float | None] | None:
+    """The thresholds `evaluate` fitted for this very checkpoint, if its metrics file says so."""
+    if not Path(metrics_path).is_file():
+        return None
+    scores = json.loads(Path(metrics_path).read_text())
+    if scores.get("model_sha256") != file_sha256(model_path):
+        return None
+    return {cls: report.get("threshold") for cls, report in scores.get("screening", {}).items()}

@@ -1,0 +1,106 @@
+"""Running a trained checkpoint on new image files, with the preprocessing it was trained with."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr.checkpoint import CheckpointError, ModelSpec
+from cxr.clinical import positive_class
+from cxr.images import IMAGE_SUFFIXES
+from cxr.losses import probabilities
+from cxr.store import PREPROCESSING, decode_image
+from cxr.training import Runtime, predict_logits
+
+
+@dataclass
+class Inputs:
+    """Image files found under the given paths, and the paths that are not usable images."""
+
+    files: list[Path] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+
+
+def find_images(paths: Iterable[str | Path]) -> Inputs:
+    """Files as given, folders searched recursively for image suffixes, in a sorted order."""
+    found = Inputs()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            images = [p for p in inside if p.suffix.lower() in IMAGE_SUFFIXES]
+            suffixes = ", ".join(IMAGE_SUFFIXES)
+            found.problems += [(str(p), f"not an image file (expected {suffixes})") for p in inside if p not in images]
+            if not images:
+                found.problems.append((str(path), "folder holds no image files"))
+            found.files += images
+        elif path.is_file():
+            found.files.append(path)
+        else:
+            found.problems.append((str(path), "no such file or folder"))
+    return found
+
+
+def decode_all(files: Sequence[Path], image_size: int) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
+    """Decode each file as the store does; files that are not readable images are reported."""
+    good, rows, problems = [], [], []
+    for path in files:
+        try:
+            rows.append(decode_image(path, image_size))
+            good.append(path)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "not a readable image"
+            problems.append((str(path), f"not a readable image ({type(exc).__name__}: {exc})"))
+    pixels = np.stack(rows) if rows else np.zeros((0, 3, image_size, image_size), np.uint8)
+    return good, pixels, problems
+
+
+def decide(
+    spec: ModelSpec, probs: np.ndarray, thresholds: dict[str, float | None] | None
+) -> tuple[list[str], dict[str, float]]:
+    """Decisions (class names; several joined by ';' for multi-label) and the thresholds used:
+    those `evaluate` fitted on validation when given, else 0.5 (argmax for multi-class)."""
+    classes = spec.classes
+    thresholds = {k: v for k, v in (thresholds or {}).items() if v is not None}
+    if spec.multilabel:
+        used = {c: thresholds.get(c, 0.5) for c in classes}
+        on = probs >= np.asarray([used[c] for c in classes])
+        return [";".join(c for c, yes in zip(classes, row, strict=True) if yes) for row in on], used
+    if len(classes) == 2:
+        pos = positive_class(classes)
+        t = thresholds.get(classes[pos], 0.5)
+        return [classes[pos] if p >= t else classes[1 - pos] for p in probs[:, pos]], {classes[pos]: t}
+    return [classes[i] for i in probs.argmax(1)], {}
+
+
+def predict_files(model, spec: ModelSpec, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    if spec.preprocessing != PREPROCESSING:
+        raise CheckpointError(
+            f"checkpoint preprocessing {spec.preprocessing!r} is not this version's {PREPROCESSING!r}"
+        )
+    runtime = Runtime.select()
+    runtime.prepare_model(model)
+    logits = predict_logits(model, torch.from_numpy(pixels), batch_size, runtime)
+    return probabilities(logits, spec.loss).numpy().astype(np.float64)
+
+
+def render(files: Sequence[Path], probs: np.ndarray, decisions: Sequence[str], classes, fmt: str) -> str:
+    """The predictions as CSV (path, p_<class>..., decision) or JSON."""
+    if fmt == "json":
+        rows = [
+            {"path": str(f), "probabilities": dict(zip(classes, map(float, p), strict=True)), "decision": d}
+            for f, p, d in zip(files, probs, decisions, strict=True)
+        ]
+        return json.dumps(rows, indent=2) + "\n"
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["path", *(f"p_{c}" for c in classes), "decision"])
+    for f, p, d in zip(files, probs, decisions, strict=True):
+        writer.writerow([str(f), *(f"{x:.6f}" for x in p), d])
+    return out.getvalue()

@@ -1,0 +1,67 @@
+"""`python -m stages.predict PATH [PATH ...] [--model models/model.pt] [--out FILE]`: classify new X-rays.
+
+Images and folders (searched recursively) in; per-class probabilities and the decision out, as
+CSV (or JSON when FILE ends in .json) to FILE or standard output. Images are decoded, resized
+and normalised exactly as the checkpoint's training data were. The decision threshold is the
+one `evaluate` fitted on validation for this checkpoint (read from metrics/test.json when that
+file was written for the same model), else 0.5. Missing paths, non-images and unreadable files
+are named on standard error and the rest are still predicted; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cxr.atomic import write_text
+from cxr.checkpoint import load_checkpoint
+from cxr.cli import stage
+from cxr.evaluation import load_decision_thresholds
+from cxr.paths import MODEL_PATH, TEST_METRICS
+from cxr.prediction import decide, decode_all, find_images, predict_files, render
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument("--model", type=Path, default=MODEL_PATH, help=f"checkpoint (default {MODEL_PATH})")
+    parser.add_argument("--out", type=Path, help="write CSV (or JSON for *.json) here instead of standard output")
+    parser.add_argument("--metrics", type=Path, default=TEST_METRICS, help="where evaluate's thresholds are read")
+    args = parser.parse_args(argv)
+
+    model, spec, _ = load_checkpoint(args.model)
+    found = find_images(args.paths)
+    files, pixels, unreadable = decode_all(found.files, spec.image_size)
+    problems = found.problems + unreadable
+    for path, why in problems:
+        print(f"predict: skipped {path}: {why}", file=sys.stderr)
+    if not files:
+        print("predict: no readable images among the given paths", file=sys.stderr)
+        return 1
+    probs = predict_files(model, spec, pixels)
+    thresholds = load_decision_thresholds(args.metrics, args.model)
+    decisions, used = decide(spec, probs, thresholds)
+    source = f"fitted by evaluate ({args.metrics})" if thresholds else "default"
+    where = ", ".join(f"{c} {t:.3f}" for c, t in used.items()) or "argmax"
+    print(
+        f"predict: {len(files)} images with {args.model} ({spec.arch}, {spec.image_size} px); "
+        f"threshold {where} ({source})",
+        file=sys.stderr,
+    )
+    text = render(files, probs, decisions, spec.classes, "json" if args.out and args.out.suffix == ".json" else "csv")
+    if args.out:
+        write_text(args.out, text)
+        print(f"predict: wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 1 if problems else 0
+
+
+@stage("predict")
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

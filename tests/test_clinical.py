@@ -1,0 +1,212 @@
+"""Screening metrics, thresholds fitted on validation, bootstrap intervals, calibration,
+Grad-CAM and prediction on new files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+from torch import nn
+
+from cxr.checkpoint import ModelSpec, save_checkpoint
+from cxr.clinical import ThresholdRule, at_decisions, bootstrap, operating_points, ranking, reliability
+from cxr.config import ConfigError, parse_params
+from cxr.evaluation import file_sha256
+from cxr.gradcam import gradcam, last_spatial_layer
+from cxr.images import IMAGENET_MEAN, IMAGENET_STD
+from cxr.store import PREPROCESSING
+from stages import predict
+from tests.conftest import tiny_params_dict
+
+
+def _scores(n: int, seed: int, separation: float = 1.0):
+    rng = np.random.default_rng(seed)
+    truth = rng.random(n) < 0.4
+    scores = 1 / (1 + np.exp(-(rng.normal(size=n) + separation * (2 * truth - 1))))
+    return truth, scores
+
+
+def test_screening_metrics_match_scikit_learn():
+    truth, scores = _scores(300, 0)
+    pred = scores >= 0.45
+    got = {**at_decisions(truth, pred), **ranking(truth, scores)}
+    assert got["sensitivity"] == pytest.approx(recall_score(truth, pred))
+    assert got["specificity"] == pytest.approx(recall_score(~truth, ~pred))
+    assert got["ppv"] == pytest.approx(precision_score(truth, pred))
+    assert got["npv"] == pytest.approx(precision_score(~truth, ~pred))
+    assert got["f1"] == pytest.approx(f1_score(truth, pred))
+    assert got["roc_auc"] == pytest.approx(roc_auc_score(truth, scores))
+    assert got["pr_auc"] == pytest.approx(average_precision_score(truth, scores))
+    assert np.isnan(at_decisions(np.zeros(5, bool), np.zeros(5, bool))["sensitivity"])  # no positives
+
+
+def test_threshold_rules_pick_what_they_promise():
+    truth, scores = _scores(400, 1)
+    assert ThresholdRule(0.3).fit(truth, scores) == 0.3
+    youden = ThresholdRule("youden").fit(truth, scores)
+
+    def j(t):
+        m = at_decisions(truth, scores >= t)
+        return m["sensitivity"] + m["specificity"] - 1
+
+    assert j(youden) == pytest.approx(max(j(t) for t in np.unique(scores)))
+    t = ThresholdRule("sensitivity:0.9").fit(truth, scores)
+    assert at_decisions(truth, scores >= t)["sensitivity"] >= 0.9
+    higher = np.unique(scores[scores > t])[0]  # the next stricter threshold misses the target
+    assert at_decisions(truth, scores >= higher)["sensitivity"] < 0.9
+    for bad in ("sensitivity:1.5", "best", 1.0, 0.0):
+        with pytest.raises(ValueError):
+            ThresholdRule(bad)
+    raw = tiny_params_dict()
+    raw["evaluate"]["threshold"] = "youdens"
+    with pytest.raises(ConfigError, match=r"evaluate.threshold: 'youdens' is not valid: .*'sensitivity:0.95'"):
+        parse_params(raw)
+
+
+def test_threshold_is_fitted_on_validation_only():
+    classes = ("infected", "normal")
+    val_truth, val_scores = _scores(200, 2)
+    val_labels = np.where(val_truth, 0, 1)
+    val_probs = np.stack([val_scores, 1 - val_scores], 1)
+    _, test_scores = _scores(150, 3)
+    test_probs = np.stack([test_scores, 1 - test_scores], 1)
+    rule = ThresholdRule("youden")
+    preds, thresholds = operating_points(classes, False, val_labels, val_probs, test_probs, rule)
+    assert thresholds == {"infected": rule.fit(val_truth, val_scores)}
+    assert np.array_equal(preds, np.where(test_scores >= thresholds["infected"], 0, 1))
+    other_test = np.roll(test_probs, 7, axis=0)  # other test data: same threshold
+    assert operating_points(classes, False, val_labels, val_probs, other_test, rule)[1] == thresholds
+    other_val = np.roll(val_probs, 7, axis=0)  # other validation data: another threshold
+    assert operating_points(classes, False, val_labels, other_val, test_probs, rule)[1] != thresholds
+    # multi-label: one threshold per class, each from its own validation column
+    ml_val = np.stack([val_truth, ~val_truth], 1).astype(np.float32)
+    preds, per_class = operating_points(classes, True, ml_val, val_probs, test_probs, rule)
+    assert per_class["normal"] == rule.fit(~val_truth, 1 - val_scores) and preds.shape == test_probs.shape
+
+
+def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_images():
+    widths = []
+    for n in (150, 3000):
+        truth, scores = _scores(n, 4)
+        pred = scores >= 0.5
+        point = {**at_decisions(truth, pred), **ranking(truth, scores)}
+        ci = bootstrap(truth, scores, pred, resamples=300, seed=0)
+        for key, (low, high) in ci.items():
+            assert low <= point[key] <= high, (n, key)
+        widths.append(ci["sensitivity"][1] - ci["sensitivity"][0])
+        assert bootstrap(truth, scores, pred, resamples=300, seed=0) == ci  # seeded
+    assert widths[1] < widths[0] / 2
+
+
+def test_expected_calibration_error():
+    rng = np.random.default_rng(5)
+    p = rng.random(50_000)
+    calibrated = rng.random(50_000) < p
+    assert reliability(calibrated, p, 10)[0] < 0.01
+    overconfident = np.clip((p - 0.5) * 3 + 0.5, 0, 1)
+    assert reliability(calibrated, overconfident, 10)[0] > 0.1
+    # by hand: two bins, |0.2 - 0.5| * 2/4 + |0.9 - 1.0| * 2/4 = 0.2
+    ece, table = reliability(np.array([0, 1, 1, 1]), np.array([0.2, 0.2, 0.9, 0.9]), 2)
+    assert ece == pytest.approx(0.2) and [b["count"] for b in table] == [2, 2]
+
+
+def test_gradcam_matches_a_hand_computation_and_finds_the_evidence():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+    assert last_spatial_layer(model, 16) == "1"
+    x = torch.randn(2, 3, 16, 16)
+    cams = gradcam(model, x, torch.tensor([0, 1]), "1")
+    feats = model[1](model[0](x)).detach().requires_grad_(True)
+    logits = model[4](model[3](model[2](feats)))
+    grads = torch.autograd.grad(logits[0, 0] + logits[1, 1], feats)[0]
+    expected = torch.relu((grads.mean((2, 3), keepdim=True) * feats).sum(1))
+    expected = expected / expected.flatten(1).amax(1).view(-1, 1, 1)
+    assert torch.allclose(cams, expected.detach(), atol=1e-5)
+    # evidence only in the left half: the map is zero on the right
+    bright = nn.Sequential(nn.Conv2d(3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        bright[0].weight.fill_(1.0), bright[0].bias.zero_(), bright[4].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    x = torch.zeros(1, 3, 16, 16)
+    x[..., :8] = 1.0
+    cam = gradcam(bright, x, torch.tensor([0]), last_spatial_layer(bright, 16))[0]
+    assert cam[:, :6].min() > 0.9 and cam[:, 10:].max() < 1e-6
+
+
+def _checkpoint(tmp_path):
+    spec = ModelSpec(
+        "resnet18",
+        ("infected", "normal"),
+        "binary",
+        "ce",
+        (8,),
+        0.0,
+        "relu",
+        False,
+        32,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        PREPROCESSING,
+    )
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, spec.build(), spec, epoch=1)
+    return path
+
+
+def test_predict_names_bad_inputs_and_predicts_the_rest(tmp_path, capsys):
+    model = _checkpoint(tmp_path)
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("L", (40, 30), 120).save(folder / "a.png")
+    Image.new("RGBA", (50, 50), (10, 200, 30, 255)).save(folder / "sub" / "b.png")
+    Image.new("I;16", (20, 20), 3000).save(folder / "c16.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("hello")
+    status = predict.run(
+        [str(folder), str(tmp_path / "missing.png"), "--model", str(model), "--metrics", str(tmp_path / "none.json")]
+    )
+    out, err = capsys.readouterr()
+    rows = out.strip().splitlines()
+    assert status == 1 and rows[0] == "path,p_infected,p_normal,decision" and len(rows) == 4
+    assert {r.split(",")[0].rsplit("/", 1)[1] for r in rows[1:]} == {"a.png", "b.png", "c16.png"}
+    for name in ("broken.jpg", "notes.txt", "missing.png"):
+        assert name in err, name
+    for row in rows[1:]:
+        p_inf, p_norm = map(float, row.split(",")[1:3])
+        assert p_inf + p_norm == pytest.approx(1.0, abs=1e-5)
+        assert row.endswith("infected" if p_inf >= 0.5 else "normal")
+    assert "threshold infected 0.500 (default)" in err
+
+
+def test_predict_uses_the_threshold_evaluate_fitted_for_this_model(tmp_path, capsys):
+    model = _checkpoint(tmp_path)
+    Image.new("L", (40, 40), 90).save(tmp_path / "x.png")
+    metrics = tmp_path / "test.json"
+    fitted = {"screening": {"infected": {"threshold": 0.0001}}}
+    metrics.write_text(json.dumps({"model_sha256": file_sha256(model), **fitted}))
+    assert (
+        predict.run(
+            [
+                str(tmp_path / "x.png"),
+                "--model",
+                str(model),
+                "--metrics",
+                str(metrics),
+                "--out",
+                str(tmp_path / "p.json"),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert rows[0]["decision"] == "infected" and set(rows[0]["probabilities"]) == {"infected", "normal"}
+    assert "threshold infected 0.000 (fitted by evaluate" in capsys.readouterr().err
+    metrics.write_text(json.dumps({"model_sha256": "another model", **fitted}))
+    predict.run([str(tmp_path / "x.png"), "--model", str(model), "--metrics", str(metrics)])
+    assert "(default)" in capsys.readouterr().err

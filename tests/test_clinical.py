@@ -15,12 +15,13 @@ from torch import nn
 from cxr.checkpoint import ModelSpec, save_checkpoint
 from cxr.clinical import ThresholdRule, at_decisions, bootstrap, operating_points, ranking, reliability
 from cxr.config import ConfigError, parse_params
-from cxr.evaluation import file_sha256
+from cxr.demo_data import write_demo_dataset
+from cxr.evaluation import evaluate, file_sha256
 from cxr.gradcam import gradcam, last_spatial_layer
 from cxr.images import IMAGENET_MEAN, IMAGENET_STD
 from cxr.store import PREPROCESSING
 from stages import predict
-from tests.conftest import tiny_params_dict
+from tests.conftest import tiny_params_dict, train_on
 
 
 def _scores(n: int, seed: int, separation: float = 1.0):
@@ -210,3 +211,35 @@ def test_predict_uses_the_threshold_evaluate_fitted_for_this_model(tmp_path, cap
     metrics.write_text(json.dumps({"model_sha256": "another model", **fitted}))
     predict.run([str(tmp_path / "x.png"), "--model", str(model), "--metrics", str(metrics)])
     assert "(default)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, loss", [("multilabel", "bce"), ("multiclass", "ce")])
+def test_evaluate_reports_every_class_of_three_class_tasks(tmp_path, task, loss):
+    raw = tiny_params_dict(loss=loss, epochs=1)
+    raw["data"]["task"] = task
+    raw["evaluate"].update(threshold="youden", bootstrap=50)
+    params = parse_params(raw)
+    write_demo_dataset(tmp_path / "raw", params.data, params.seed)
+    train_on(params, tmp_path / "raw", tmp_path)
+    scores = evaluate(
+        params,
+        tmp_path / "models/model.pt",
+        tmp_path / "data/decoded",
+        tmp_path / "raw",
+        tmp_path / "test.json",
+        tmp_path / "predictions.csv",
+        tmp_path / "eval",
+    )
+    assert set(scores["screening"]) == {"covid", "pneumonia", "normal"}
+    for report in scores["screening"].values():
+        assert report["sensitivity_ci95_low"] <= report["sensitivity"] <= report["sensitivity_ci95_high"]
+        assert (report["threshold"] is None) == (task == "multiclass")  # multi-class decides by argmax
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "path,true,predicted," + ",".join(f"p_{c}" for c in sorted(scores["screening"]))  # folder order
+    assert len(rows) == 1 + scores["n"]
+    if task == "multilabel":
+        assert any(";" in row.split(",")[1] for row in rows[1:])  # co-infections keep both labels
+        assert len(list((tmp_path / "eval/plots/sklearn/confusion").glob("*.json"))) == 3
+    for kind in ("roc", "precision_recall", "calibration"):
+        assert len(list((tmp_path / f"eval/plots/sklearn/{kind}").glob("*.json"))) == 3, kind
+    assert (tmp_path / "eval/plots/images/gradcam.png").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from tqdm import tqdm
 from cxr.atomic import atomic_path
 from cxr.augment import augment_batch, is_active
 from cxr.checkpoint import ModelSpec, save_checkpoint
-from cxr.config import Params
+from cxr.config import ConfigError, Params
+from cxr.distributed import Distributed
 from cxr.errors import PipelineError
 from cxr.features import cache_applies, load_features
 from cxr.images import IMAGENET_MEAN, IMAGENET_STD
@@ -106,10 +108,25 @@ def train(
     features_dir: Path = FEATURES_DIR,
 ) -> dict:
     """Train per `params`; keep the best epoch (val macro F1) at `model_path`. Returns the best scores."""
+    dist = Distributed.from_env()
+    try:
+        return _train(params, store_dir, model_path, last_path, live_dir, features_dir, dist)
+    finally:
+        dist.stop()
+
+
+def _train(params, store_dir, model_path, last_path, live_dir, features_dir, dist: Distributed) -> dict:
     cfg = params.train
     multilabel = params.data.task == "multilabel"
-    generator = seed_everything(params.seed)
-    runtime = Runtime.select(cfg.precision)
+    generator = seed_everything(params.seed)  # the same on every process: same weights, same batches
+    runtime = Runtime.select(cfg.precision, dist.device())
+    dist.start(runtime.device)
+    if cfg.batch_size % dist.world:
+        raise ConfigError(
+            f"train.batch_size: {cfg.batch_size} images per batch cannot be split evenly between "
+            f"{dist.world} processes; use a multiple of {dist.world}"
+        )
+    say = print if dist.is_main else (lambda *a, **k: None)
 
     train_x, val_x = (SplitStore(store_dir, name, cfg.image_size) for name in ("train", "val"))
     train_y, val_y = (torch.from_numpy(s.labels) for s in (train_x, val_x))
@@ -123,14 +140,15 @@ def train(
         train_x, val_x = features["train"], features["val"]
         net = model.get_submodule(head_name(model))  # only the head runs: the backbone's output is cached
         prepare = runtime.features
-        print(f"train: cached features from {features_dir} ({why}): the backbone ran once, not every epoch")
+        say(f"train: cached features from {features_dir} ({why}): the backbone ran once, not every epoch")
     else:
         net = model
         augment = functools.partial(augment_batch, cfg=cfg.augment, generator=generator)
         prepare = functools.partial(runtime.images, augment=augment if is_active(cfg.augment) else None)
-        print(f"train: full forward pass per batch ({why})")
+        say(f"train: full forward pass per batch ({why})")
     runtime.prepare_model(model)
-    step_net = torch.compile(net) if cfg.compile else net
+    step_net = dist.wrap(net)  # DistributedDataParallel under torchrun: gradients averaged over processes
+    step_net = torch.compile(step_net) if cfg.compile else step_net
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), cfg)
     scheduler = make_schedule(optimizer, cfg.schedule, cfg.epochs)
     scaler = make_grad_scaler(runtime)
@@ -153,20 +171,29 @@ def train(
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start, best = state["epoch"], state["best"]
-        print(f"train: resuming from {last_path} after epoch {start}")
+        say(f"train: resuming from {last_path} after epoch {start}")
     elif cfg.resume:
-        print(f"train: train.resume is set but {last_path} does not exist; starting at epoch 1")
+        say(f"train: train.resume is set but {last_path} does not exist; starting at epoch 1")
 
-    print(
+    processes = f", {dist.world} processes" if dist.active else ""
+    say(
         f"train: {cfg.arch} (weights={cfg.weights}, freeze={cfg.freeze}, loss={cfg.loss}, "
         f"optimizer={cfg.optimizer}, schedule={cfg.schedule.name}) on {runtime.device} "
         f"({runtime.dtype or torch.float32}), {n_trainable:,} trainable parameters, "
-        f"{len(train_y)} train / {len(val_y)} val images, classes {list(spec.classes)}"
+        f"{len(train_y)} train / {len(val_y)} val images, classes {list(spec.classes)}{processes}"
     )
-    with Live(dir=str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    logger = (
+        Live(dir=str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False, report=None)
+        if dist.is_main
+        else None
+    )
+    with logger or contextlib.nullcontext(_Silent()) as live:
         live.step = start  # dvclive's own resume skips step 0; the checkpoint knows the truth
         live.log_metric("trainable_params", n_trainable, plot=False)
-        for epoch in tqdm(range(start, cfg.epochs), desc="epochs", unit="epoch", initial=start, total=cfg.epochs):
+        epochs = range(start, cfg.epochs)
+        for epoch in tqdm(
+            epochs, desc="epochs", unit="epoch", initial=start, total=cfg.epochs, disable=not dist.is_main
+        ):
             lr = optimizer.param_groups[0]["lr"]
             fit = train_epoch(
                 step_net,
@@ -182,25 +209,42 @@ def train(
                 epoch=epoch + 1,
                 scaler=scaler,
                 freeze_mode="none" if use_cache else cfg.freeze,
+                dist=dist,
             )
             eval_prepare = runtime.features if use_cache else runtime.images
-            val = evaluate_epoch(step_net, val_x, val_y, loss_fn, decide, cfg.batch_size, runtime, eval_prepare)
+            val = evaluate_epoch(net, val_x, val_y, loss_fn, decide, cfg.batch_size, runtime, eval_prepare, dist)
             scheduler.step()
             for split, result in (("train", fit), ("val", val)):
                 live.log_metric(f"{split}/loss", result.loss)
                 live.log_metric(f"{split}/accuracy", result.accuracy)
                 live.log_metric(f"{split}/f1", result.f1)
             live.log_metric("lr", lr)
-            tqdm.write(
-                f"epoch {epoch + 1}/{cfg.epochs}: lr {lr:.3g} | train loss {fit.loss:.4f} acc {fit.accuracy:.3f} | "
-                f"val loss {val.loss:.4f} acc {val.accuracy:.3f} f1 {val.f1:.3f}"
-            )
+            if dist.is_main:
+                tqdm.write(
+                    f"epoch {epoch + 1}/{cfg.epochs}: lr {lr:.3g} | train loss {fit.loss:.4f} acc {fit.accuracy:.3f} | "
+                    f"val loss {val.loss:.4f} acc {val.accuracy:.3f} f1 {val.f1:.3f}"
+                )
             if best is None or (val.f1, -val.loss) > (best["val_f1"], -best["val_loss"]):
                 best = {"epoch": epoch + 1, "val_f1": val.f1, "val_loss": val.loss, "val_accuracy": val.accuracy}
-                save_checkpoint(model_path, model, spec, **best)
+                if dist.is_main:
+                    save_checkpoint(model_path, model, spec, **best)
             live.next_step()
-            _save_last(last_path, model, optimizer, scheduler, scaler, epoch + 1, best, signature, generator)
+            if dist.is_main:
+                _save_last(last_path, model, optimizer, scheduler, scaler, epoch + 1, best, signature, generator)
         for key in ("epoch", "val_f1", "val_accuracy"):
             live.summary.setdefault("best", {})[key] = best[key]
-    print(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")
+    say(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")
     return best
+
+
+class _Silent:
+    """What processes other than the first log to: nothing (one set of dvclive files)."""
+
+    step = 0
+    summary: dict = {}
+
+    def log_metric(self, *args, **kwargs) -> None:
+        pass
+
+    def next_step(self) -> None:
+        pass

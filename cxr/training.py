@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cxr.config import ConfigError
+from cxr.distributed import Distributed, Rows
 from cxr.errors import PipelineError
 from cxr.images import standardize
 from cxr.models import train_mode
@@ -61,8 +62,8 @@ class Runtime:
     channels_last: bool = True
 
     @classmethod
-    def select(cls, precision: str = "auto") -> Runtime:
-        device = select_device()
+    def select(cls, precision: str = "auto", device: torch.device | None = None) -> Runtime:
+        device = device or select_device()
         return cls(device, amp_dtype(device, precision))
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -85,6 +86,9 @@ class Runtime:
     def features(self, batch: torch.Tensor, augment=None) -> torch.Tensor:
         """Cached feature rows: only moved to the device."""
         return batch.to(self.device, non_blocking=True)
+
+
+SINGLE = Distributed()  # one process
 
 
 class NonFiniteLossError(PipelineError, FloatingPointError):
@@ -155,6 +159,7 @@ def train_epoch(
     epoch: int = 1,
     scaler: torch.amp.GradScaler | None = None,
     freeze_mode="none",
+    dist: Distributed = SINGLE,
 ) -> EpochResult:
     """One pass over the training inputs in a seeded random order.
 
@@ -163,12 +168,15 @@ def train_epoch(
     `decide` turns logits into predicted labels for the running accuracy and F1. `scaler`
     (from `make_grad_scaler`, one per run) scales fp16 losses; None means no scaling.
     Raises NonFiniteLossError naming the epoch and batch when the loss is NaN or infinite.
+    Under `dist`, each process trains on its share of every batch (a batch smaller than the
+    number of processes is left out) and the returned scores cover all processes.
     """
     train_mode(model, freeze_mode)
     loss_sums, seen_labels, seen_preds = [], [], []
-    order = list(batches(len(labels), batch_size, generator))
+    order = [dist.share(b) for b in batches(len(labels), batch_size, generator) if len(b) >= dist.world]
     loader = prefetched(inputs, order, pin=runtime.device.type == "cuda")
-    progress = tqdm(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False)
+    quiet = not dist.is_main
+    progress = tqdm(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)
     for batch, (idx, cpu_batch) in enumerate(progress, start=1):
         x = prepare(cpu_batch)
         y = labels[idx].to(runtime.device, non_blocking=True)
@@ -192,8 +200,10 @@ def train_epoch(
         loss_sums.append(loss.detach() * len(idx))  # stays on the device until the epoch ends
         seen_labels.append(y)
         seen_preds.append(decide(logits.detach().float()))
-    loss_sum = torch.stack(loss_sums).sum().item() if loss_sums else 0.0
-    return summarize(loss_sum, torch.cat(seen_labels).cpu().numpy(), torch.cat(seen_preds).cpu().numpy())
+    loss_sum = np.array([torch.stack(loss_sums).sum().item() if loss_sums else 0.0])
+    seen = (loss_sum, torch.cat(seen_labels).cpu().numpy(), torch.cat(seen_preds).cpu().numpy())
+    loss_sum, all_labels, all_preds = dist.sum_arrays(*seen) if dist.active else seen
+    return summarize(float(loss_sum.sum()), all_labels, all_preds)
 
 
 @torch.inference_mode()
@@ -223,7 +233,11 @@ def evaluate_epoch(
     batch_size: int,
     runtime: Runtime,
     prepare: Callable | None = None,
+    dist: Distributed = SINGLE,
 ) -> EpochResult:
-    logits = predict_logits(model, inputs, batch_size, runtime, prepare)
+    """Loss, accuracy and F1 over all inputs; under `dist`, each process scores a share."""
+    mine = dist.share(torch.arange(len(inputs)))
+    part = predict_logits(model, Rows(inputs, mine) if dist.active else inputs, batch_size, runtime, prepare)
+    logits = dist.gather_rows(part, len(inputs))
     loss = loss_fn(logits, labels).item() * len(labels)
     return summarize(loss, labels.numpy(), decide(logits).numpy())

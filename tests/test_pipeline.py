@@ -156,3 +156,54 @@ def test_failed_download_leaves_the_last_good_dataset_restorable(repo):
     run(repo, "git", "checkout", "--", "params.yaml")
     dvc(repo, "checkout", "-q")
     assert listing() == before
+
+
+def test_queued_experiments_run_two_at_a_time(repo):
+    import time
+
+    run(repo, "git", "checkout", "--", "params.yaml")
+    dvc(repo, "checkout", "-q")
+    for name, lr in (("queued-a", "0.003"), ("queued-b", "0.004")):
+        dvc(repo, "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}")
+    dvc(repo, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        _, status = dvc(repo, "queue", "status")
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    dvc(repo, "queue", "stop", "--kill", check=False)
+    assert "Failed" not in status, status
+    _, shown = dvc(repo, "exp", "show", "--json")
+    found = {
+        exp["name"]: exp["data"]
+        for row in json.loads(shown)
+        for branch in (row.get("experiments") or [])
+        for exp in branch["revs"]
+        if exp.get("name")
+    }
+    for name, lr in (("queued-a", 0.003), ("queued-b", 0.004)):
+        assert name in found, shown
+        assert found[name]["params"]["params.yaml"]["data"]["train"]["lr"] == lr
+        assert 0.0 <= found[name]["metrics"]["metrics/test.json"]["data"]["accuracy"] <= 1.0
+
+
+def test_push_delete_pull_leaves_nothing_to_reproduce(repo, tmp_path):
+    run(repo, "git", "checkout", "--", "params.yaml")
+    dvc(repo, "checkout", "-q")
+    dvc(repo, "repro")
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "--local", "-d", "shared", str(remote))
+    dvc(repo, "push")
+    assert any(remote.rglob("*")), "nothing pushed"
+    checkpoint = (repo / "models/model.pt").read_bytes()
+    shutil.rmtree(repo / ".dvc/cache")
+    for out in ("data/raw", "data/decoded", "data/features", "models/model.pt", "models/last.pt"):
+        path = repo / out
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    dvc(repo, "pull")
+    assert (repo / "models/model.pt").read_bytes() == checkpoint
+    _, status = dvc(repo, "status")
+    assert "Data and pipelines are up to date" in status, status
+    _, out = dvc(repo, "repro")
+    assert "Running stage" not in out

@@ -95,7 +95,7 @@ def _gallery(model, spec: ModelSpec, test: SplitStore, probs, preds, per_kind: i
     layer = last_spatial_layer(model, spec.image_size)
     cams = gradcam(model, runtime.images(pixels), torch.as_tensor(target), layer).numpy()
     overlays = {i: overlay(pixels[k].numpy(), cams[k]) for k, i in enumerate(chosen)}
-    title = f"Grad-CAM on {layer} for the predicted class (red: strongest evidence)"
+    title = f"Grad-CAM on {layer} for the predicted class; red = strongest evidence"
     cam_grid = prediction_grid(overlays.__getitem__, test.labels, probs, preds, spec.classes, examples, title)
     return predictions, cam_grid
 

@@ -67,7 +67,8 @@ def prediction_grid(
     font = ImageFont.load_default(size=12)
     columns = max(len(correct), len(wrong), 1)
     top = 20 if title else 0
-    grid = Image.new("RGB", (columns * TILE, top + 2 * (TILE + CAPTION) + 40), "white")
+    width = max(columns * TILE, int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 8)
+    grid = Image.new("RGB", (width, top + 2 * (TILE + CAPTION) + 40), "white")
     draw = ImageDraw.Draw(grid)
     if title:
         draw.text((4, 3), title, fill=(0, 0, 0), font=font)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import torch
 
-from benchmarks.throughput import cpu_name
+from benchmarks.throughput import cpu_name, sync
 from cxr.losses import decisions, make_loss, probabilities
 from cxr.models import build_model
 from cxr.training import Runtime, train_epoch
@@ -44,14 +45,18 @@ def images_per_second(arch: str, runtime: Runtime, args, compile_model: bool = F
             runtime.images,
         )
 
-    epoch(args.warmup)  # cuDNN autotuning, compilation, allocator warm-up
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
+    return _rate(epoch, runtime, args)
+
+
+def _rate(run: Callable[[int], None], runtime: Runtime, args) -> float:
+    """Images/s of `run(args.steps)` batches after `run(args.warmup)` (cuDNN autotuning, compilation,
+    allocator warm-up), timed with the device synchronised at both ends."""
+    run(args.warmup)
+    sync(runtime.device)
     start = time.perf_counter()
-    epoch(args.steps)
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - start)
+    run(args.steps)
+    sync(runtime.device)
+    return args.steps * args.batch_size / (time.perf_counter() - start)
 
 
 def model_only(arch: str, runtime: Runtime, args) -> float:
@@ -72,14 +77,7 @@ def model_only(arch: str, runtime: Runtime, args) -> float:
             loss.backward()
             optimizer.step()
 
-    steps(args.warmup)
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    steps(args.steps)
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
-    return args.steps * args.batch_size / (time.perf_counter() - start)
+    return _rate(steps, runtime, args)
 
 
 def main(argv: list[str] | None = None) -> dict:

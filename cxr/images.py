@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -165,10 +166,16 @@ def open_rgb(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple, std: tuple, device: torch.device, dtype: torch.dtype):
+    # made once per device: building them per batch would copy to the GPU and wait for it every batch
+    view = (1, len(mean), 1, 1)
+    return torch.tensor(mean, dtype=dtype).view(view).to(device), torch.tensor(std, dtype=dtype).view(view).to(device)
+
+
 def standardize(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """Float images in [0, 1] (N, 3, H, W), standardised per channel."""
-    m = torch.tensor(mean, device=batch.device, dtype=batch.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=batch.device, dtype=batch.dtype).view(1, 3, 1, 1)
+    m, s = _channel_stats(tuple(mean), tuple(std), batch.device, batch.dtype)
     return (batch - m) / s
 
 

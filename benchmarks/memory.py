@@ -74,8 +74,9 @@ class AnonPeak(threading.Thread):
             self.peak = max(self.peak, _memory_kib()["RssAnon"])
 
 
-def child(store: str, steps: int, batch_size: int, arch: str) -> None:
-    """Train `arch` on the store for `steps` batches in a random order over all of it."""
+def child(store: str, steps: int, batch_size: int, arch: str, low_memory: bool) -> None:
+    """Train `arch` on the store for `steps` batches in a random order over all of it, with
+    `train.low_memory` on or off."""
     import torch
 
     from cxr import training
@@ -83,6 +84,8 @@ def child(store: str, steps: int, batch_size: int, arch: str) -> None:
     from cxr.models import build_model
     from cxr.store import SplitStore
 
+    if low_memory:
+        training.release_large_blocks()
     images = SplitStore(store, "train")
     torch.manual_seed(0)
     runtime = training.Runtime.select()
@@ -135,46 +138,42 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--data", type=Path, default=REPO / ".bench")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--low-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.steps, args.batch_size, args.arch)
+        child(args.child, args.steps, args.batch_size, args.arch, args.low_memory)
         return {}
 
     start = time.perf_counter()
     store = make_store(args.data / f"store-{args.images}-{args.image_size}", args.images, args.image_size)
     size = sum(f.stat().st_size for f in store.glob("*.npy"))
     print(f"store: {store} ({size / 2**30:.2f} GiB on disk, ready in {time.perf_counter() - start:.0f} s)")
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.memory",
-        "--child",
-        str(store),
-        "--steps",
-        str(args.steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--arch",
-        args.arch,
-    ]
-    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    result.update(
-        images_in_store=args.images,
-        image_size=args.image_size,
-        store_gib=round(size / 2**30, 3),
-        peak_gib=round(result["peak_kib"] / 2**20, 3),
-        arch=args.arch,
-        batch_size=args.batch_size,
-        peak_anon_gib=round(result["peak_anon_kib"] / 2**20, 3),
-    )
-    print(
-        f"{args.arch} training, batch {args.batch_size}, {result['images_seen']} images read at random from a store of "
-        f"{args.images} x {args.image_size} px ({result['store_gib']:.2f} GiB), on {result['device']}: "
-        f"peak resident memory {result['peak_gib']:.2f} GiB (before the first batch "
-        f"{result['rss_before_training_kib'] / 2**20:.2f} GiB; shared library pages "
-        f"{result['library_pages_kib'] / 2**20:.2f} GiB); peak private memory {result['peak_anon_gib']:.2f} GiB"
-    )
+    results = {}
+    for setting, flag in (("default", []), ("low_memory", ["--low-memory"])):
+        cmd = [sys.executable, "-m", "benchmarks.memory", "--child", str(store), "--steps", str(args.steps)]
+        cmd += ["--batch-size", str(args.batch_size), "--arch", args.arch, *flag]
+        out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        result.update(
+            peak_gib=round(result["peak_kib"] / 2**20, 3), peak_anon_gib=round(result["peak_anon_kib"] / 2**20, 3)
+        )
+        results[setting] = result
+        print(
+            f"train.low_memory {setting == 'low_memory'}: {args.arch}, batch {args.batch_size}, "
+            f"{result['images_seen']} images read at random, {result['seconds']} s on {result['device']}: "
+            f"peak resident memory {result['peak_gib']:.2f} GiB (before the first batch "
+            f"{result['rss_before_training_kib'] / 2**20:.2f} GiB; shared library pages "
+            f"{result['library_pages_kib'] / 2**20:.2f} GiB); peak private memory {result['peak_anon_gib']:.2f} GiB",
+            flush=True,
+        )
+    result = {
+        "images_in_store": args.images,
+        "image_size": args.image_size,
+        "store_gib": round(size / 2**30, 3),
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        **results,
+    }
     print(json.dumps(result))
     return result
 

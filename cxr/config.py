@@ -157,6 +157,7 @@ class TrainConfig(_Section):
     epochs: PositiveInt
     precision: Literal["auto", "fp32", "bf16"]
     compile: bool
+    low_memory: bool
     nproc: Annotated[int, Field(ge=1, le=1024)]
     resume: bool
 

@@ -24,7 +24,14 @@ from cxr.models import freeze, head_name
 from cxr.optim import make_optimizer, make_schedule
 from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LIVE_DIR
 from cxr.store import PREPROCESSING, SplitStore, StoreError
-from cxr.training import Runtime, evaluate_epoch, make_grad_scaler, seed_everything, train_epoch
+from cxr.training import (
+    Runtime,
+    evaluate_epoch,
+    make_grad_scaler,
+    release_large_blocks,
+    seed_everything,
+    train_epoch,
+)
 
 
 class ResumeError(PipelineError, RuntimeError):
@@ -127,6 +134,8 @@ def _train(params, store_dir, model_path, last_path, live_dir, features_dir, dis
             f"{dist.world} processes; use a multiple of {dist.world}"
         )
     say = print if dist.is_main else (lambda *a, **k: None)
+    if cfg.low_memory and release_large_blocks():
+        say("train: train.low_memory: allocations over 8 MiB are returned to the system when freed")
 
     train_x, val_x = (SplitStore(store_dir, name, cfg.image_size) for name in ("train", "val"))
     train_y, val_y = (torch.from_numpy(s.labels) for s in (train_x, val_x))

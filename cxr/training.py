@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import random
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,6 +91,21 @@ class Runtime:
 
 
 SINGLE = Distributed()  # one process
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def release_large_blocks(threshold: int = 8 << 20) -> bool:
+    """`train.low_memory`: have glibc serve every allocation above `threshold` bytes with its own
+    mapping, returned to the system when freed, instead of from a heap that keeps growing with
+    fragments of freed activations. Lowers the peak memory of CPU training (measured in
+    benchmarks/memory.py) at the cost of page faults; False where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 class NonFiniteLossError(PipelineError, FloatingPointError):

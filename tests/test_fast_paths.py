@@ -167,3 +167,12 @@ def test_augmented_training_runs_the_full_model(tmp_path, demo_root, capsys):
     out = capsys.readouterr().out
     assert "full forward pass per batch (train.augment is on" in out
     assert "nothing to cache" in out
+
+
+def test_low_memory_switches_the_allocator_before_training(tmp_path, demo_root, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(trainer_module, "release_large_blocks", lambda: calls.append(True) or True)
+    train_on(parse_params(tiny_params_dict(epochs=1, low_memory=True)), demo_root, tmp_path)
+    assert calls == [True] and "allocations over 8 MiB are returned to the system" in capsys.readouterr().out
+    train_on(parse_params(tiny_params_dict(epochs=1)), demo_root, tmp_path / "default")
+    assert calls == [True]  # off by default

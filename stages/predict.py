@@ -14,12 +14,16 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from cxr.atomic import write_text
 from cxr.checkpoint import load_checkpoint
 from cxr.cli import stage
 from cxr.evaluation import load_decision_thresholds
 from cxr.paths import MODEL_PATH, TEST_METRICS
 from cxr.prediction import decide, decode_all, find_images, predict_files, render
+
+CHUNK = 256  # images decoded and predicted together
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -32,14 +36,20 @@ def run(argv: list[str] | None = None) -> int:
 
     model, spec, _ = load_checkpoint(args.model)
     found = find_images(args.paths)
-    files, pixels, unreadable = decode_all(found.files, spec.image_size)
-    problems = found.problems + unreadable
+    problems = list(found.problems)
+    files, parts = [], []
+    for start in range(0, len(found.files), CHUNK):  # decoded a chunk at a time: memory stays bounded
+        good, pixels, unreadable = decode_all(found.files[start : start + CHUNK], spec.image_size)
+        problems += unreadable
+        if good:
+            files += good
+            parts.append(predict_files(model, spec, pixels))
     for path, why in problems:
         print(f"predict: skipped {path}: {why}", file=sys.stderr)
     if not files:
         print("predict: no readable images among the given paths", file=sys.stderr)
         return 1
-    probs = predict_files(model, spec, pixels)
+    probs = np.concatenate(parts)
     thresholds = load_decision_thresholds(args.metrics, args.model)
     decisions, used = decide(spec, probs, thresholds)
     source = f"fitted by evaluate ({args.metrics})" if thresholds else "default"

@@ -160,7 +160,7 @@ def _checkpoint(tmp_path):
     return path
 
 
-def test_predict_names_bad_inputs_and_predicts_the_rest(tmp_path, capsys):
+def test_predict_names_bad_inputs_and_predicts_the_rest(tmp_path, capsys, monkeypatch):
     model = _checkpoint(tmp_path)
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
@@ -183,6 +183,22 @@ def test_predict_names_bad_inputs_and_predicts_the_rest(tmp_path, capsys):
         assert p_inf + p_norm == pytest.approx(1.0, abs=1e-5)
         assert row.endswith("infected" if p_inf >= 0.5 else "normal")
     assert "threshold infected 0.500 (default)" in err
+    monkeypatch.setattr(predict, "CHUNK", 1)  # one image per chunk: the same rows, the same problems
+    assert (
+        predict.run(
+            [
+                str(folder),
+                str(tmp_path / "missing.png"),
+                "--model",
+                str(model),
+                "--metrics",
+                str(tmp_path / "none.json"),
+            ]
+        )
+        == 1
+    )
+    again, err_again = capsys.readouterr()
+    assert again == out and err_again == err
 
 
 def test_predict_uses_the_threshold_evaluate_fitted_for_this_model(tmp_path, capsys):

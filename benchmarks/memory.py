@@ -79,8 +79,8 @@ def child(store: str, steps: int, batch_size: int, arch: str, low_memory: bool) 
     `train.low_memory` on or off."""
     import torch
 
+    from benchmarks.throughput import fit_epoch
     from cxr import training
-    from cxr.losses import decisions, make_loss, probabilities
     from cxr.models import build_model
     from cxr.store import SplitStore
 
@@ -98,18 +98,8 @@ def child(store: str, steps: int, batch_size: int, arch: str, low_memory: bool) 
     sampler = AnonPeak()
     sampler.start()
     start = time.perf_counter()
-    training.train_epoch(
-        model,
-        images,
-        torch.from_numpy(images.labels),
-        optimizer,
-        make_loss("ce", 2),
-        lambda z: decisions(probabilities(z, "ce"), False),
-        batch_size,
-        torch.Generator().manual_seed(0),
-        runtime,
-        runtime.images,
-    )
+    labels, generator = torch.from_numpy(images.labels), torch.Generator().manual_seed(0)
+    fit_epoch(model, images, labels, optimizer, batch_size, generator, runtime, runtime.images)
     seconds = time.perf_counter() - start
     sampler.stop.set()
     seen = min(len(images), steps * batch_size) if steps else len(images)

@@ -115,6 +115,23 @@ def notebook_eval(model: nn.Module, loader: DataLoader, device: torch.device) ->
 
 
 # ---------------------------------------------------------------- the pipeline
+def fit_epoch(model, inputs, labels, optimizer, batch_size: int, generator, runtime: Runtime, prepare, epoch=1):
+    """One epoch of `cxr.training.train_epoch` with two-class cross-entropy, as every benchmark trains."""
+    train_epoch(
+        model,
+        inputs,
+        labels,
+        optimizer,
+        make_loss("ce", 2),
+        lambda z: decisions(probabilities(z, "ce"), False),
+        batch_size,
+        generator,
+        runtime,
+        prepare,
+        epoch=epoch,
+    )
+
+
 def pipeline_frozen(raw: Path, store_dir: Path, hidden: int, args, runtime: Runtime) -> float:
     """Decode once, extract once, train the head for args.epochs epochs; returns the decode time."""
     _, decode_s = timed(lambda: build_store(raw, store_dir, args.image_size, multilabel=False), runtime.device)
@@ -125,22 +142,9 @@ def pipeline_frozen(raw: Path, store_dir: Path, hidden: int, args, runtime: Runt
     feats = extract(model, images, EXTRACT_BATCH, runtime)
     head = model.get_submodule(head_name(model))
     optimizer = torch.optim.SGD(head.parameters(), lr=args.lr, momentum=0.9)
-    loss_fn, labels = make_loss("ce", 2), torch.from_numpy(images.labels)
-    generator = torch.Generator().manual_seed(args.seed)
+    labels, generator = torch.from_numpy(images.labels), torch.Generator().manual_seed(args.seed)
     for epoch in range(args.epochs):
-        train_epoch(
-            head,
-            feats,
-            labels,
-            optimizer,
-            loss_fn,
-            lambda z: decisions(probabilities(z, "ce"), False),
-            args.batch_size,
-            generator,
-            runtime,
-            runtime.features,
-            epoch=epoch + 1,
-        )
+        fit_epoch(head, feats, labels, optimizer, args.batch_size, generator, runtime, runtime.features, epoch + 1)
     return decode_s
 
 
@@ -148,18 +152,8 @@ def pipeline_finetune(store_dir: Path, hidden: int, args, runtime: Runtime) -> n
     images = SplitStore(store_dir, "train")
     model = runtime.prepare_model(new_model(hidden, args.image_size, args.seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    train_epoch(
-        model,
-        images,
-        torch.from_numpy(images.labels),
-        optimizer,
-        make_loss("ce", 2),
-        lambda z: decisions(probabilities(z, "ce"), False),
-        args.batch_size,
-        torch.Generator().manual_seed(args.seed),
-        runtime,
-        runtime.images,
-    )
+    labels, generator = torch.from_numpy(images.labels), torch.Generator().manual_seed(args.seed)
+    fit_epoch(model, images, labels, optimizer, args.batch_size, generator, runtime, runtime.images)
     return model
 
 

@@ -15,10 +15,9 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.throughput import cpu_name, sync
-from cxr.losses import decisions, make_loss, probabilities
+from benchmarks.throughput import cpu_name, fit_epoch, sync
 from cxr.models import build_model
-from cxr.training import Runtime, train_epoch
+from cxr.training import Runtime
 
 
 def images_per_second(arch: str, runtime: Runtime, args, compile_model: bool = False) -> float:
@@ -32,18 +31,8 @@ def images_per_second(arch: str, runtime: Runtime, args, compile_model: bool = F
     generator = torch.Generator().manual_seed(0)
 
     def epoch(count: int) -> None:
-        train_epoch(
-            net,
-            images[: count * args.batch_size],
-            labels[: count * args.batch_size],
-            optimizer,
-            make_loss("ce", 2),
-            lambda z: decisions(probabilities(z, "ce"), False),
-            args.batch_size,
-            generator,
-            runtime,
-            runtime.images,
-        )
+        rows = count * args.batch_size
+        fit_epoch(net, images[:rows], labels[:rows], optimizer, args.batch_size, generator, runtime, runtime.images)
 
     return _rate(epoch, runtime, args)
 

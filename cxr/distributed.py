@@ -85,7 +85,7 @@ class Distributed:
             full[torch.arange(n)[rank :: self.world]] = rows
         return full
 
-    def sum_arrays(self, *arrays: np.ndarray) -> list[np.ndarray]:
+    def concat_arrays(self, *arrays: np.ndarray) -> list[np.ndarray]:
         """Each array concatenated over processes, in rank order."""
         parts = self.gather(arrays)
         return [np.concatenate([p[i] for p in parts]) for i in range(len(arrays))]

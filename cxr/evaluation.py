@@ -5,7 +5,6 @@ a Grad-CAM gallery."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from cxr.atomic import atomic_path, write_json
 from cxr.checkpoint import ModelSpec, load_checkpoint
 from cxr.clinical import ThresholdRule, operating_points, screening_report
 from cxr.config import Params
+from cxr.fetch import sha256_of
 from cxr.gallery import pick_examples, prediction_grid
 from cxr.gradcam import gradcam, last_spatial_layer, overlay
 from cxr.images import open_rgb
@@ -24,14 +24,6 @@ from cxr.losses import probabilities
 from cxr.metrics import classification_scores, multilabel_scores
 from cxr.store import SplitStore, StoreError
 from cxr.training import Runtime, predict_logits
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _class_view(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, i: int, multilabel: bool):
@@ -91,7 +83,6 @@ def _gallery(model, spec: ModelSpec, test: SplitStore, probs, preds, per_kind: i
     pixels = test[chosen]
     # explain the decision: the predicted class (multi-label: the most probable one)
     target = probs[chosen].argmax(1) if test.multilabel else preds[chosen]
-    model.to(runtime.device)
     layer = last_spatial_layer(model, spec.image_size)
     cams = gradcam(model, runtime.images(pixels), torch.as_tensor(target), layer).numpy()
     overlays = {i: overlay(pixels[k].numpy(), cams[k]) for k, i in enumerate(chosen)}
@@ -140,7 +131,7 @@ def evaluate(
     scores["threshold_rule"] = "argmax" if len(spec.classes) > 2 and not spec.multilabel else str(cfg.threshold)
     scores["screening"] = screening
     scores["checkpoint_epoch"] = checkpoint["epoch"]
-    scores["model_sha256"] = file_sha256(model_path)  # lets `stages.predict` reuse these thresholds
+    scores["model_sha256"] = sha256_of(Path(model_path))  # lets `stages.predict` reuse these thresholds
     write_json(metrics_path, scores)
     write_predictions(predictions_path, test, probs, preds, spec.classes)
 
@@ -161,6 +152,6 @@ def load_decision_thresholds(metrics_path: Path, model_path: Path) -> dict[str, 
     if not Path(metrics_path).is_file():
         return None
     scores = json.loads(Path(metrics_path).read_text())
-    if scores.get("model_sha256") != file_sha256(model_path):
+    if scores.get("model_sha256") != sha256_of(Path(model_path)):
         return None
     return {cls: report.get("threshold") for cls, report in scores.get("screening", {}).items()}

@@ -219,7 +219,7 @@ def train_epoch(
         seen_preds.append(decide(logits.detach().float()))
     loss_sum = np.array([torch.stack(loss_sums).sum().item() if loss_sums else 0.0])
     seen = (loss_sum, torch.cat(seen_labels).cpu().numpy(), torch.cat(seen_preds).cpu().numpy())
-    loss_sum, all_labels, all_preds = dist.sum_arrays(*seen) if dist.active else seen
+    loss_sum, all_labels, all_preds = dist.concat_arrays(*seen) if dist.active else seen
     return summarize(float(loss_sum.sum()), all_labels, all_preds)
 
 

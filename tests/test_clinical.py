@@ -16,7 +16,8 @@ from cxr.checkpoint import ModelSpec, save_checkpoint
 from cxr.clinical import ThresholdRule, at_decisions, bootstrap, operating_points, ranking, reliability
 from cxr.config import ConfigError, parse_params
 from cxr.demo_data import write_demo_dataset
-from cxr.evaluation import evaluate, file_sha256
+from cxr.evaluation import evaluate
+from cxr.fetch import sha256_of
 from cxr.gradcam import gradcam, last_spatial_layer
 from cxr.images import IMAGENET_MEAN, IMAGENET_STD
 from cxr.store import PREPROCESSING
@@ -206,7 +207,7 @@ def test_predict_uses_the_threshold_evaluate_fitted_for_this_model(tmp_path, cap
     Image.new("L", (40, 40), 90).save(tmp_path / "x.png")
     metrics = tmp_path / "test.json"
     fitted = {"screening": {"infected": {"threshold": 0.0001}}}
-    metrics.write_text(json.dumps({"model_sha256": file_sha256(model), **fitted}))
+    metrics.write_text(json.dumps({"model_sha256": sha256_of(model), **fitted}))
     assert (
         predict.run(
             [

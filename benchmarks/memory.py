@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _row(job: tuple[int, int, int]) -> bytes:
-    from cxr.phantoms import render_phantom
+    from cxr.data.phantoms import render_phantom
 
     index, size, seed = job
     label = ("infected", "normal")[index % 2]
@@ -35,7 +35,7 @@ def _row(job: tuple[int, int, int]) -> bytes:
 
 def make_store(out: Path, images: int, size: int, seed: int = 0) -> Path:
     """A store with `images` training rows and 64 val and test rows each; reused when present."""
-    from cxr.store import write_store
+    from cxr.data.store import write_store
 
     if (out / "index.json").is_file():
         return out
@@ -80,9 +80,9 @@ def child(store: str, steps: int, batch_size: int, arch: str, low_memory: bool) 
     import torch
 
     from benchmarks.throughput import fit_epoch
-    from cxr import training
-    from cxr.models import build_model
-    from cxr.store import SplitStore
+    from cxr.train import loop as training
+    from cxr.model.networks import build_model
+    from cxr.data.store import SplitStore
 
     if low_memory:
         training.release_large_blocks()

@@ -5,7 +5,7 @@ Both run in this process, on the same generated data: demo phantoms stored as 10
 way the course notebooks (and torchvision's transfer-learning tutorial) do it: `ImageFolder`
 with PIL transforms decoding every file in every epoch, a DataLoader, a plain fp32 loop, and
 the frozen CNN's forward pass in every epoch. The pipeline runs its own code: the decode-once
-store (`cxr/store.py`), the feature cache (`cxr/features.py`), `cxr/training.py`'s loops with
+store (`cxr/data/store.py`), the feature cache (`cxr/train/features.py`), `cxr/train/loop.py`'s loops with
 channels_last, inference mode and, on CUDA, mixed precision.
 
 Cases: (a) Task 1, ResNet18 frozen with a new head, 10 epochs, from the PNGs (the pipeline's
@@ -34,13 +34,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
 from cxr.config import parse_params
-from cxr.demo_data import write_demo_dataset
-from cxr.features import EXTRACT_BATCH, extract
-from cxr.images import IMAGENET_MEAN, IMAGENET_STD
-from cxr.losses import decisions, make_loss, probabilities
-from cxr.models import build_model, freeze, head_name
-from cxr.store import SplitStore, build_store
-from cxr.training import Runtime, predict_logits, train_epoch
+from cxr.data.demo import write_demo_dataset
+from cxr.train.features import EXTRACT_BATCH, extract
+from cxr.data.images import IMAGENET_MEAN, IMAGENET_STD
+from cxr.model.losses import decisions, make_loss, probabilities
+from cxr.model.networks import build_model, freeze, head_name
+from cxr.data.store import SplitStore, build_store
+from cxr.train.loop import Runtime, predict_logits, train_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def notebook_eval(model: nn.Module, loader: DataLoader, device: torch.device) ->
 
 # ---------------------------------------------------------------- the pipeline
 def fit_epoch(model, inputs, labels, optimizer, batch_size: int, generator, runtime: Runtime, prepare, epoch=1):
-    """One epoch of `cxr.training.train_epoch` with two-class cross-entropy, as every benchmark trains."""
+    """One epoch of `cxr.train.loop.train_epoch` with two-class cross-entropy, as every benchmark trains."""
     train_epoch(
         model,
         inputs,

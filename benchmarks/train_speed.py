@@ -1,6 +1,6 @@
 """`python -m benchmarks.train_speed`: training images/s of ResNet18 and VGG16, plain fp32 vs the pipeline.
 
-Random uint8 images go through `cxr.training.train_epoch` exactly as the store's rows do, so the
+Random uint8 images go through `cxr.train.loop.train_epoch` exactly as the store's rows do, so the
 figure includes normalisation and the host-to-device copy. Two settings per model: plain fp32 in
 the default memory format, and the pipeline's own (channels_last, plus mixed precision on
 CUDA); `--compile` adds torch.compile. Prints a table, then one line of JSON.
@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.throughput import cpu_name, fit_epoch, sync
-from cxr.models import build_model
-from cxr.training import Runtime
+from cxr.model.networks import build_model
+from cxr.train.loop import Runtime
 
 
 def images_per_second(arch: str, runtime: Runtime, args, compile_model: bool = False) -> float:

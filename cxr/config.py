@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxr.errors import PipelineError
-from cxr.presets import PRESETS
+from cxr.data.presets import PRESETS
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -192,7 +192,7 @@ class EvaluateConfig(_Section):
     @field_validator("threshold")
     @classmethod
     def _threshold_rule(cls, value):
-        from cxr.clinical import ThresholdRule
+        from cxr.evaluate.screening import ThresholdRule
 
         ThresholdRule(value)  # raises ValueError with the allowed spellings
         return value

@@ -12,5 +12,5 @@ TRAIN_LIVE_DIR = Path("metrics/train")
 TEST_METRICS = Path("metrics/test.json")
 PREDICTIONS = Path("metrics/predictions.csv")  # one row per test image
 EVAL_LIVE_DIR = Path("metrics/eval")
-DECODED_DIR = Path("data/decoded")  # every split decoded once at train.image_size (cxr/store.py)
-FEATURES_DIR = Path("data/features")  # frozen-backbone features of train and val (cxr/features.py)
+DECODED_DIR = Path("data/decoded")  # every split decoded once at train.image_size (cxr/data/store.py)
+FEATURES_DIR = Path("data/features")  # frozen-backbone features of train and val (cxr/train/features.py)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cxr.cli import stage
+from cxr.stage import stage
 from cxr.config import Params, load_params
-from cxr.images import excluded_files
+from cxr.data.images import excluded_files
 from cxr.paths import DATA_METRICS, DECODED_DIR, RAW_DIR
-from cxr.store import build_store
+from cxr.data.store import build_store
 
 
 def decode(params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = DECODED_DIR, data_metrics=DATA_METRICS) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from cxr.atomic import atomic_dir
-from cxr.cli import stage
+from cxr.stage import stage
 from cxr.config import load_params
 from cxr.paths import RAW_DIR
-from cxr.sources import write_dataset
-from cxr.verification import count_images
+from cxr.data.sources import write_dataset
+from cxr.data.verify import count_images
 
 
 @stage("download")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cxr.cli import stage
+from cxr.stage import stage
 from cxr.config import Params, load_params
-from cxr.features import EXTRACT_BATCH, SPLITS, cache_applies, write_features, write_not_applicable
+from cxr.train.features import EXTRACT_BATCH, SPLITS, cache_applies, write_features, write_not_applicable
 from cxr.paths import DECODED_DIR, FEATURES_DIR
-from cxr.store import SplitStore
-from cxr.trainer import build_training_model
-from cxr.training import Runtime
+from cxr.data.store import SplitStore
+from cxr.train.run import build_training_model
+from cxr.train.loop import Runtime
 
 
 def cache_features(params: Params, store_dir: Path = DECODED_DIR, out_dir: Path = FEATURES_DIR) -> None:

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from cxr.atomic import write_text
-from cxr.checkpoint import load_checkpoint
-from cxr.cli import stage
-from cxr.evaluation import load_decision_thresholds
+from cxr.model.checkpoint import load_checkpoint
+from cxr.stage import stage
+from cxr.evaluate.run import load_decision_thresholds
 from cxr.paths import MODEL_PATH, TEST_METRICS
-from cxr.prediction import decide, decode_all, find_images, predict_files, render
+from cxr.evaluate.predict import decide, decode_all, find_images, predict_files, render
 
 CHUNK = 256  # images decoded and predicted together
 

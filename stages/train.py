@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import sys
 
-from cxr.cli import stage
+from cxr.stage import stage
 from cxr.config import load_params
-from cxr.distributed import relaunch
-from cxr.trainer import train
+from cxr.train.distributed import relaunch
+from cxr.train.run import train
 
 
 @stage("train")

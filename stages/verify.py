@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from cxr.atomic import write_json, write_text
-from cxr.cli import stage
+from cxr.stage import stage
 from cxr.config import load_params
-from cxr.data_report import render_report
+from cxr.data.report import render_report
 from cxr.paths import DATA_METRICS, DATA_REPORT, RAW_DIR
-from cxr.verification import verify_splits
+from cxr.data.verify import verify_splits
 
 
 @stage("verify")

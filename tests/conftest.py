@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from cxr.config import parse_params
-from cxr.demo_data import write_demo_dataset
-from cxr.trainer import train
+from cxr.data.demo import write_demo_dataset
+from cxr.train.run import train
 from stages.decode import decode
 from stages.features import cache_features
 

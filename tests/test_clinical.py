@@ -12,15 +12,15 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 from torch import nn
 
-from cxr.checkpoint import ModelSpec, save_checkpoint
-from cxr.clinical import ThresholdRule, at_decisions, bootstrap, operating_points, ranking, reliability
+from cxr.model.checkpoint import ModelSpec, save_checkpoint
+from cxr.evaluate.screening import ThresholdRule, at_decisions, bootstrap, operating_points, ranking, reliability
 from cxr.config import ConfigError, parse_params
-from cxr.demo_data import write_demo_dataset
-from cxr.evaluation import evaluate
-from cxr.fetch import sha256_of
-from cxr.gradcam import gradcam, last_spatial_layer
-from cxr.images import IMAGENET_MEAN, IMAGENET_STD
-from cxr.store import PREPROCESSING
+from cxr.data.demo import write_demo_dataset
+from cxr.evaluate.run import evaluate
+from cxr.data.download import sha256_of
+from cxr.evaluate.gradcam import gradcam, last_spatial_layer
+from cxr.data.images import IMAGENET_MEAN, IMAGENET_STD
+from cxr.data.store import PREPROCESSING
 from stages import predict
 from tests.conftest import tiny_params_dict, train_on
 

@@ -81,8 +81,8 @@ def test_allowed_names_match_what_the_code_builds():
     from typing import get_args
 
     from cxr.config import HeadConfig, ScheduleConfig, TrainConfig
-    from cxr.models import ACTIVATIONS
-    from cxr.optim import OPTIMIZERS, SCHEDULES
+    from cxr.model.networks import ACTIVATIONS
+    from cxr.train.optim import OPTIMIZERS, SCHEDULES
 
     assert set(get_args(HeadConfig.model_fields["activation"].annotation)) == set(ACTIVATIONS)
     assert set(get_args(TrainConfig.model_fields["optimizer"].annotation)) == set(OPTIMIZERS)

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from cxr.config import parse_params
-from cxr.demo_data import write_demo_dataset
-from cxr.phantoms import render_phantom
+from cxr.data.demo import write_demo_dataset
+from cxr.data.phantoms import render_phantom
 from tests.conftest import tiny_params_dict
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cxr.config import parse_params
-from cxr.demo_data import write_demo_dataset
+from cxr.data.demo import write_demo_dataset
 from stages.decode import decode
 from stages.features import cache_features
 from tests.conftest import REPO, tiny_params_dict, train_on

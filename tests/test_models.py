@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torchvision.models import get_model
 
-from cxr import weights as weights_module
-from cxr.models import build_model, feature_width, freeze, train_mode, trainable_parameters
-from cxr.weights import WeightsError
+from cxr.model import weights as weights_module
+from cxr.model.networks import build_model, feature_width, freeze, train_mode, trainable_parameters
+from cxr.model.weights import WeightsError
 
 
 def test_resnet_head_width_comes_from_the_model():

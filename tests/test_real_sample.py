@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from cxr.config import parse_params
-from cxr.images import scan_split
-from cxr.sources import write_dataset
-from cxr.store import SplitStore, build_store
-from cxr.verification import verify_splits
+from cxr.data.images import scan_split
+from cxr.data.sources import write_dataset
+from cxr.data.store import SplitStore, build_store
+from cxr.data.verify import verify_splits
 from tests.conftest import REPO, tiny_params_dict
 
 SAMPLE = REPO.parent / "shared" / "real-xray-sample"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from cxr import sources
-from cxr.archives import ArchiveError, safe_extract
+from cxr.data import sources as sources
+from cxr.data.archives import ArchiveError, safe_extract
 from cxr.config import ConfigError, parse_params
-from cxr.fetch import DownloadError, download
-from cxr.images import DatasetError
-from cxr.verification import verify_splits
+from cxr.data.download import DownloadError, download
+from cxr.data.images import DatasetError
+from cxr.data.verify import verify_splits
 from tests.conftest import tiny_params_dict
 
 
@@ -305,7 +305,7 @@ def test_gdrive_source_through_a_replaced_network_layer(monkeypatch, in_tmp, dem
 def test_preset_tries_its_ids_in_order_and_checks_expected_counts(monkeypatch, in_tmp, demo_root):
     import gdown
 
-    from cxr.presets import PRESETS
+    from cxr.data.presets import PRESETS
 
     first, second = PRESETS["covid-binary"].gdrive_ids
     body = _zip_of(demo_root)

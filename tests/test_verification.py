@@ -2,8 +2,8 @@ import shutil
 
 import pytest
 
-from cxr.images import DatasetError, open_rgb, scan_split
-from cxr.verification import verify_splits
+from cxr.data.images import DatasetError, open_rgb, scan_split
+from cxr.data.verify import verify_splits
 
 
 def test_demo_set_passes_with_counts(demo_root):
@@ -63,7 +63,7 @@ def test_open_rgb_normalises_16_bit_and_rgba(tmp_path):
 
 def test_multilabel_images_in_two_class_folders_get_both_labels(tmp_path):
     from cxr.config import parse_params
-    from cxr.demo_data import write_demo_dataset
+    from cxr.data.demo import write_demo_dataset
     from tests.conftest import tiny_params_dict
 
     raw = tiny_params_dict()
@@ -181,7 +181,7 @@ def test_near_duplicates_across_splits_are_a_leak(demo_root):
 
 
 def test_expected_counts_and_the_readable_report(demo_root):
-    from cxr.data_report import render_report
+    from cxr.data.report import render_report
 
     report = verify_splits(demo_root, expected={"train": 24, "test": 12})
     assert report.modes == {"L": 48} and report.sizes == [(48, 48), (48, 48)]
@@ -198,7 +198,7 @@ def test_expected_counts_and_the_readable_report(demo_root):
 def test_on_corrupt_skip_excludes_and_lists_unreadable_files(demo_root, tmp_path):
     import json
 
-    from cxr.images import excluded_files
+    from cxr.data.images import excluded_files
 
     (demo_root / "train" / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DatasetError, match="(?s)broken.png: does not decode.*verify.on_corrupt: skip"):

@@ -6,12 +6,12 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from cxr.archives import arrange_splits, safe_extract
+from cxr.data.archives import arrange_splits, safe_extract
 from cxr.config import DataConfig
-from cxr.demo_data import write_demo_dataset
-from cxr.images import DatasetError, is_image
+from cxr.data.demo import write_demo_dataset
+from cxr.data.images import DatasetError, is_image
 from cxr.paths import DOWNLOAD_DIR
-from cxr.presets import PRESETS
+from cxr.data.presets import PRESETS
 
 
 def _from_demo(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
@@ -26,7 +26,7 @@ def _unpack(archive: Path, data: DataConfig, seed: int, out_dir: Path, near_bits
 
 
 def _from_url(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
-    from cxr.fetch import download  # network code only where it is used
+    from cxr.data.download import download  # network code only where it is used
 
     archive = download(data.url, DOWNLOAD_DIR / PurePosixPath(urlparse(data.url).path).name, data.sha256)
     return f"{archive.name} (sha256 {data.sha256[:12]}...), {_unpack(archive, data, seed, out_dir, near_bits)}"
@@ -35,7 +35,7 @@ def _from_url(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str
 def _from_gdrive(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
     import gdown  # well-kept Google Drive client: confirmation pages, cookies, resumable downloads
 
-    from cxr.fetch import DownloadError, check_pinned, sha256_of
+    from cxr.data.download import DownloadError, check_pinned, sha256_of
 
     preset = PRESETS.get(data.preset)
     ids = preset.gdrive_ids if preset else (data.gdrive_id,)

@@ -1,7 +1,7 @@
 """The frozen-feature cache: a frozen backbone's outputs, computed once instead of every epoch.
 
 With `train.freeze: backbone` and augmentation off, the backbone maps each image to the same
-vector in every epoch (it runs in eval mode, see `cxr.models.train_mode`), so Task 1's sweeps
+vector in every epoch (it runs in eval mode, see `cxr.model.networks.train_mode`), so Task 1's sweeps
 over learning rates and head widths need one forward pass per model over the data, not one
 per epoch and run. The `features` stage writes `data/features/{train,val}.pt` and `info.json`
 (with a digest of the backbone's weights); train checks the digest and trains the head alone.
@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from cxr.atomic import atomic_dir
-from cxr.augment import is_active
+from cxr.train.augment import is_active
 from cxr.config import TrainConfig
 from cxr.errors import PipelineError
-from cxr.models import head_name
-from cxr.training import Runtime, predict_logits
+from cxr.model.networks import head_name
+from cxr.train.loop import Runtime, predict_logits
 
 FEATURES_FORMAT = 1
 INFO = "info.json"

@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models import get_model
 
 from cxr.config import ConfigError
-from cxr.weights import WeightsError, imagenet_state_dict, local_state_dict
+from cxr.model.weights import WeightsError, imagenet_state_dict, local_state_dict
 
 # The attribute holding each family's ImageNet classifier: `fc` (ResNet), `classifier` (VGG,
 # DenseNet, EfficientNet).
@@ -174,7 +174,7 @@ def train_mode(model: nn.Module, freeze_mode: str | Sequence[str | int] = "none"
 
     `freeze: backbone` makes the backbone a fixed feature extractor: everything but the new
     head runs in eval mode (BatchNorm running stats, no dropout or stochastic depth), which is
-    what lets its features be computed once (cxr/features.py). Under the other modes, BatchNorm
+    what lets its features be computed once (cxr/train/features.py). Under the other modes, BatchNorm
     layers whose parameters are frozen keep their running statistics.
     """
     if freeze_mode == "backbone":

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from cxr.errors import PipelineError
-from cxr.images import LABELS_CSV, SPLITS, is_image, pixel_digest
-from cxr.similarity import difference_hash, near_pairs
+from cxr.data.images import LABELS_CSV, SPLITS, is_image, pixel_digest
+from cxr.data.near_duplicates import difference_hash, near_pairs
 
 # Folder names accepted for each split, compared case-insensitively.
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}

@@ -23,11 +23,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr.atomic import atomic_dir
-from cxr.images import SPLITS, DatasetError, open_rgb, scan_split
+from cxr.data.images import SPLITS, DatasetError, open_rgb, scan_split
 
 STORE_FORMAT = 1
 INDEX = "index.json"
-# How a file becomes a row: decoded to 8-bit RGB (cxr.images.open_rgb), then resized to a
+# How a file becomes a row: decoded to 8-bit RGB (cxr.data.images.open_rgb), then resized to a
 # square with PIL's bilinear filter. Recorded in the index and in checkpoints.
 PREPROCESSING = "rgb8-square-bilinear"
 
@@ -119,7 +119,7 @@ class StoreError(DatasetError):
 class SplitStore:
     """One split of the store: `store[idx]` reads rows as a uint8 tensor (B, 3, S, S).
 
-    `files` are relative to the raw data folder; `labels` as in `cxr.images.Split`.
+    `files` are relative to the raw data folder; `labels` as in `cxr.data.images.Split`.
     """
 
     _fd = -1

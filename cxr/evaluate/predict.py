@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr.checkpoint import CheckpointError, ModelSpec
-from cxr.clinical import positive_class
-from cxr.images import IMAGE_SUFFIXES
-from cxr.losses import probabilities
-from cxr.store import PREPROCESSING, decode_image
-from cxr.training import Runtime, predict_logits
+from cxr.model.checkpoint import CheckpointError, ModelSpec
+from cxr.evaluate.screening import positive_class
+from cxr.data.images import IMAGE_SUFFIXES
+from cxr.model.losses import probabilities
+from cxr.data.store import PREPROCESSING, decode_image
+from cxr.train.loop import Runtime, predict_logits
 
 
 @dataclass

@@ -17,10 +17,10 @@ from torch import nn
 from tqdm import tqdm
 
 from cxr.config import ConfigError
-from cxr.distributed import Distributed, Rows
+from cxr.train.distributed import Distributed, Rows
 from cxr.errors import PipelineError
-from cxr.images import standardize
-from cxr.models import train_mode
+from cxr.data.images import standardize
+from cxr.model.networks import train_mode
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -12,19 +12,19 @@ from torch import nn
 from tqdm import tqdm
 
 from cxr.atomic import atomic_path
-from cxr.augment import augment_batch, is_active
-from cxr.checkpoint import ModelSpec, save_checkpoint
+from cxr.train.augment import augment_batch, is_active
+from cxr.model.checkpoint import ModelSpec, save_checkpoint
 from cxr.config import ConfigError, Params
-from cxr.distributed import Distributed
+from cxr.train.distributed import Distributed
 from cxr.errors import PipelineError
-from cxr.features import cache_applies, load_features
-from cxr.images import IMAGENET_MEAN, IMAGENET_STD
-from cxr.losses import decisions, make_loss, probabilities
-from cxr.models import freeze, head_name
-from cxr.optim import make_optimizer, make_schedule
+from cxr.train.features import cache_applies, load_features
+from cxr.data.images import IMAGENET_MEAN, IMAGENET_STD
+from cxr.model.losses import decisions, make_loss, probabilities
+from cxr.model.networks import freeze, head_name
+from cxr.train.optim import make_optimizer, make_schedule
 from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LIVE_DIR
-from cxr.store import PREPROCESSING, SplitStore, StoreError
-from cxr.training import (
+from cxr.data.store import PREPROCESSING, SplitStore, StoreError
+from cxr.train.loop import (
     Runtime,
     evaluate_epoch,
     make_grad_scaler,

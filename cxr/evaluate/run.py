@@ -13,17 +13,17 @@ import torch
 from dvclive import Live
 
 from cxr.atomic import atomic_path, write_json
-from cxr.checkpoint import ModelSpec, load_checkpoint
-from cxr.clinical import ThresholdRule, operating_points, screening_report
+from cxr.model.checkpoint import ModelSpec, load_checkpoint
+from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
 from cxr.config import Params
-from cxr.fetch import sha256_of
-from cxr.gallery import pick_examples, prediction_grid
-from cxr.gradcam import gradcam, last_spatial_layer, overlay
-from cxr.images import open_rgb
-from cxr.losses import probabilities
-from cxr.metrics import classification_scores, multilabel_scores
-from cxr.store import SplitStore, StoreError
-from cxr.training import Runtime, predict_logits
+from cxr.data.download import sha256_of
+from cxr.evaluate.gallery import pick_examples, prediction_grid
+from cxr.evaluate.gradcam import gradcam, last_spatial_layer, overlay
+from cxr.data.images import open_rgb
+from cxr.model.losses import probabilities
+from cxr.evaluate.scores import classification_scores, multilabel_scores
+from cxr.data.store import SplitStore, StoreError
+from cxr.train.loop import Runtime, predict_logits
 
 
 def _class_view(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, i: int, multilabel: bool):

@@ -10,7 +10,7 @@ from torch import nn
 
 from cxr.atomic import atomic_path
 from cxr.errors import PipelineError
-from cxr.models import build_model
+from cxr.model.networks import build_model
 
 FORMAT_VERSION = 3
 
@@ -34,7 +34,7 @@ class ModelSpec:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    preprocessing: str  # how a file becomes the uint8 input (cxr.store.PREPROCESSING)
+    preprocessing: str  # how a file becomes the uint8 input (cxr.data.store.PREPROCESSING)
 
     @property
     def multilabel(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cxr.verification import VerifyReport
+from cxr.data.verify import VerifyReport
 
 
 def render_report(report: VerifyReport, root: str) -> str:

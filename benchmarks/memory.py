@@ -80,9 +80,9 @@ def child(store: str, steps: int, batch_size: int, arch: str, low_memory: bool) 
     import torch
 
     from benchmarks.throughput import fit_epoch
-    from cxr.train import loop as training
-    from cxr.model.networks import build_model
     from cxr.data.store import SplitStore
+    from cxr.model.networks import build_model
+    from cxr.train import loop as training
 
     if low_memory:
         training.release_large_blocks()

@@ -35,12 +35,13 @@ from torchvision import datasets, transforms
 
 from cxr.config import parse_params
 from cxr.data.demo import write_demo_dataset
-from cxr.train.features import EXTRACT_BATCH, extract
-from cxr.data.images import IMAGENET_MEAN, IMAGENET_STD
-from cxr.model.losses import decisions, make_loss, probabilities
-from cxr.model.networks import build_model, freeze, head_name
 from cxr.data.store import SplitStore, build_store
-from cxr.train.loop import Runtime, predict_logits, train_epoch
+from cxr.model.decisions import decide, probabilities
+from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD, Runtime, predict_logits
+from cxr.model.losses import make_loss
+from cxr.model.networks import build_model, freeze, head_name
+from cxr.train.features import EXTRACT_BATCH, extract
+from cxr.train.loop import Fit, train_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,19 +118,18 @@ def notebook_eval(model: nn.Module, loader: DataLoader, device: torch.device) ->
 # ---------------------------------------------------------------- the pipeline
 def fit_epoch(model, inputs, labels, optimizer, batch_size: int, generator, runtime: Runtime, prepare, epoch=1):
     """One epoch of `cxr.train.loop.train_epoch` with two-class cross-entropy, as every benchmark trains."""
-    train_epoch(
-        model,
-        inputs,
-        labels,
-        optimizer,
-        make_loss("ce", 2),
-        lambda z: decisions(probabilities(z, "ce"), False),
-        batch_size,
-        generator,
-        runtime,
-        prepare,
-        epoch=epoch,
+    fit = Fit(
+        net=model,
+        model=model,
+        optimizer=optimizer,
+        loss_fn=make_loss("ce", 2),
+        decide=lambda z: decide(probabilities(z, "ce"), ("infected", "normal"), False),
+        runtime=runtime,
+        prepare=prepare,
+        prepare_eval=prepare,
+        scaler=runtime.grad_scaler(),
     )
+    train_epoch(fit, inputs, labels, batch_size, generator, epoch=epoch)
 
 
 def pipeline_frozen(raw: Path, store_dir: Path, hidden: int, args, runtime: Runtime) -> float:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.throughput import cpu_name, fit_epoch, sync
+from cxr.model.inference import Runtime
 from cxr.model.networks import build_model
-from cxr.train.loop import Runtime
 
 
 def images_per_second(arch: str, runtime: Runtime, args, compile_model: bool = False) -> float:

@@ -10,12 +10,29 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cxr.errors import PipelineError
-from cxr.data.presets import PRESETS
+from cxr.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
 
-ARCHS = ("resnet18", "resnet50", "vgg16", "densenet121", "efficientnet_b0")
+# Names of the dataset presets in cxr/data/presets.py (tests/test_config.py keeps them equal).
+PRESET_NAMES = ("covid-binary", "covid-3class")
+
+# The architectures of cxr/model/architectures.py (tests/test_config.py keeps them equal).
+ARCHS = (
+    "resnet18",
+    "resnet50",
+    "vgg16",
+    "densenet121",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "regnet_y_400mf",
+    "convnext_tiny",
+    "vit_b_16",
+    "swin_t",
+)
 TASK_CLASSES = {
     "binary": ("infected", "normal"),
     "multiclass": ("covid", "pneumonia", "normal"),
@@ -34,8 +51,20 @@ _Yaml12FloatLoader.add_implicit_resolver(
 )
 
 
-class ConfigError(PipelineError, ValueError):
-    """params.yaml is missing, unreadable or holds a bad value; the message names the key."""
+SENSITIVITY_RULE = re.compile(r"^sensitivity:(0?\.\d+|1(\.0*)?)$")
+
+
+def parse_threshold_rule(rule: float | str) -> tuple[str, float | None]:
+    """`evaluate.threshold` as (kind, value): ("fixed", p), ("youden", None) or ("sensitivity", s)."""
+    if isinstance(rule, float | int) and not isinstance(rule, bool):
+        if not 0.0 < float(rule) < 1.0:
+            raise ValueError(f"a fixed threshold must lie between 0 and 1, got {rule}")
+        return "fixed", float(rule)
+    if rule == "youden":
+        return "youden", None
+    if isinstance(rule, str) and SENSITIVITY_RULE.match(rule):
+        return "sensitivity", float(rule.split(":", 1)[1])
+    raise ValueError(f"{rule!r}: use a probability such as 0.5, 'youden' or 'sensitivity:0.95'")
 
 
 class _Section(BaseModel):
@@ -86,8 +115,8 @@ class DataConfig(_Section):
                 "source 'url' needs data.url to be an http(s) address of a .zip/.tar/.tar.gz/.tgz file, "
                 f"got {self.url!r}"
             )
-        if self.preset and self.preset not in PRESETS:
-            raise ValueError(f"preset {self.preset!r} is not known; allowed values are {', '.join(PRESETS)} or ''")
+        if self.preset and self.preset not in PRESET_NAMES:
+            raise ValueError(f"preset {self.preset!r} is not known; allowed values are {', '.join(PRESET_NAMES)} or ''")
         if self.source == "gdrive" and not (self.gdrive_id or self.preset):
             raise ValueError("source 'gdrive' needs data.gdrive_id (a Google Drive file id) or data.preset")
         if self.source == "folder" and not self.folder:
@@ -192,9 +221,7 @@ class EvaluateConfig(_Section):
     @field_validator("threshold")
     @classmethod
     def _threshold_rule(cls, value):
-        from cxr.evaluate.screening import ThresholdRule
-
-        ThresholdRule(value)  # raises ValueError with the allowed spellings
+        parse_threshold_rule(value)  # raises ValueError with the allowed spellings
         return value
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cxr.stage import stage
 from cxr.config import Params, load_params
-from cxr.data.images import excluded_files
-from cxr.paths import DATA_METRICS, DECODED_DIR, RAW_DIR
+from cxr.data.splits import excluded_files
 from cxr.data.store import build_store
+from cxr.paths import DATA_METRICS, DECODED_DIR, RAW_DIR
+from cxr.stage import stage
 
 
 def decode(params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = DECODED_DIR, data_metrics=DATA_METRICS) -> None:

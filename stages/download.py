@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from cxr.atomic import atomic_dir
-from cxr.stage import stage
 from cxr.config import load_params
-from cxr.paths import RAW_DIR
 from cxr.data.sources import write_dataset
 from cxr.data.verify import count_images
+from cxr.paths import RAW_DIR
+from cxr.stage import stage
 
 
 @stage("download")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cxr.stage import stage
 from cxr.config import load_params
 from cxr.evaluate.run import evaluate
 from cxr.paths import DECODED_DIR, EVAL_LIVE_DIR, MODEL_PATH, PREDICTIONS, RAW_DIR, TEST_METRICS
+from cxr.stage import stage
 
 
 @stage("evaluate")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cxr.stage import stage
 from cxr.config import Params, load_params
-from cxr.train.features import EXTRACT_BATCH, SPLITS, cache_applies, write_features, write_not_applicable
-from cxr.paths import DECODED_DIR, FEATURES_DIR
 from cxr.data.store import SplitStore
-from cxr.train.run import build_training_model
-from cxr.train.loop import Runtime
+from cxr.model.inference import Runtime
+from cxr.model.spec import initial_model
+from cxr.paths import DECODED_DIR, FEATURES_DIR
+from cxr.stage import stage
+from cxr.train.features import CACHED_SPLITS, EXTRACT_BATCH, cache_applies, write_features, write_not_applicable
 
 
 def cache_features(params: Params, store_dir: Path = DECODED_DIR, out_dir: Path = FEATURES_DIR) -> None:
@@ -23,8 +23,8 @@ def cache_features(params: Params, store_dir: Path = DECODED_DIR, out_dir: Path 
         print(f"features: nothing to cache ({why}); train runs the whole model")
         return
     start = time.perf_counter()
-    stores = {name: SplitStore(store_dir, name, cfg.image_size) for name in SPLITS}
-    model, _, _ = build_training_model(params, stores["train"].classes)
+    stores = {name: SplitStore(store_dir, name, cfg.image_size) for name in CACHED_SPLITS}
+    model, _, _ = initial_model(params, stores["train"].classes)
     runtime = Runtime.select(cfg.precision)
     runtime.prepare_model(model)
     describe = {"arch": cfg.arch, "weights": cfg.weights, "image_size": cfg.image_size}

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from cxr.atomic import write_text
-from cxr.model.checkpoint import load_checkpoint
-from cxr.stage import stage
-from cxr.evaluate.run import load_decision_thresholds
-from cxr.paths import MODEL_PATH, TEST_METRICS
 from cxr.evaluate.predict import decide, decode_all, find_images, predict_files, render
+from cxr.evaluate.run import load_decision_thresholds
+from cxr.model.checkpoint import load_checkpoint
+from cxr.paths import MODEL_PATH, TEST_METRICS
+from cxr.stage import stage
 
-CHUNK = 256  # images decoded and predicted together
+IMAGES_PER_PASS = 256  # images decoded and predicted together
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -38,8 +38,8 @@ def run(argv: list[str] | None = None) -> int:
     found = find_images(args.paths)
     problems = list(found.problems)
     files, parts = [], []
-    for start in range(0, len(found.files), CHUNK):  # decoded a chunk at a time: memory stays bounded
-        good, pixels, unreadable = decode_all(found.files[start : start + CHUNK], spec.image_size)
+    for start in range(0, len(found.files), IMAGES_PER_PASS):  # decoded a chunk at a time: memory stays bounded
+        good, pixels, unreadable = decode_all(found.files[start : start + IMAGES_PER_PASS], spec.image_size)
         problems += unreadable
         if good:
             files += good

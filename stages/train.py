@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
-from cxr.stage import stage
 from cxr.config import load_params
+from cxr.stage import stage
 from cxr.train.distributed import relaunch
 from cxr.train.run import train
 

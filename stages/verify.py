@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from cxr.atomic import write_json, write_text
-from cxr.stage import stage
 from cxr.config import load_params
 from cxr.data.report import render_report
-from cxr.paths import DATA_METRICS, DATA_REPORT, RAW_DIR
 from cxr.data.verify import verify_splits
+from cxr.paths import DATA_METRICS, DATA_REPORT, RAW_DIR
+from cxr.stage import stage
 
 
 @stage("verify")

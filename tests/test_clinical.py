@@ -12,15 +12,16 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 from torch import nn
 
-from cxr.model.checkpoint import ModelSpec, save_checkpoint
-from cxr.evaluate.screening import ThresholdRule, at_decisions, bootstrap, operating_points, ranking, reliability
 from cxr.config import ConfigError, parse_params
 from cxr.data.demo import write_demo_dataset
-from cxr.evaluate.run import evaluate
 from cxr.data.download import sha256_of
-from cxr.evaluate.gradcam import gradcam, last_spatial_layer
-from cxr.data.images import IMAGENET_MEAN, IMAGENET_STD
 from cxr.data.store import PREPROCESSING
+from cxr.evaluate.gradcam import gradcam
+from cxr.evaluate.run import evaluate
+from cxr.evaluate.screening import ThresholdRule, at_decisions, bootstrap, operating_points, ranking, reliability
+from cxr.model.checkpoint import save_checkpoint
+from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD
+from cxr.model.spec import ModelSpec
 from stages import predict
 from tests.conftest import tiny_params_dict, train_on
 
@@ -121,7 +122,6 @@ def test_gradcam_matches_a_hand_computation_and_finds_the_evidence():
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
     )
-    assert last_spatial_layer(model, 16) == "1"
     x = torch.randn(2, 3, 16, 16)
     cams = gradcam(model, x, torch.tensor([0, 1]), "1")
     feats = model[1](model[0](x)).detach().requires_grad_(True)
@@ -136,7 +136,7 @@ def test_gradcam_matches_a_hand_computation_and_finds_the_evidence():
         bright[0].weight.fill_(1.0), bright[0].bias.zero_(), bright[4].weight.copy_(torch.tensor([[1.0], [-1.0]]))
     x = torch.zeros(1, 3, 16, 16)
     x[..., :8] = 1.0
-    cam = gradcam(bright, x, torch.tensor([0]), last_spatial_layer(bright, 16))[0]
+    cam = gradcam(bright, x, torch.tensor([0]), "1")[0]
     assert cam[:, :6].min() > 0.9 and cam[:, 10:].max() < 1e-6
 
 
@@ -184,7 +184,7 @@ def test_predict_names_bad_inputs_and_predicts_the_rest(tmp_path, capsys, monkey
         assert p_inf + p_norm == pytest.approx(1.0, abs=1e-5)
         assert row.endswith("infected" if p_inf >= 0.5 else "normal")
     assert "threshold infected 0.500 (default)" in err
-    monkeypatch.setattr(predict, "CHUNK", 1)  # one image per chunk: the same rows, the same problems
+    monkeypatch.setattr(predict, "IMAGES_PER_PASS", 1)  # one image per chunk: the same rows, the same problems
     assert (
         predict.run(
             [

@@ -11,13 +11,13 @@ from sklearn.metrics import f1_score, roc_auc_score
 from torch import nn
 from torchvision.models import get_model
 
-from cxr.train import run as trainer_module
 from cxr.config import ConfigError, parse_params
-from cxr.model.losses import make_loss
 from cxr.evaluate.scores import multilabel_scores
+from cxr.model.losses import make_loss
 from cxr.model.networks import Head, build_model, freeze, head_name, train_mode
-from cxr.train.optim import make_optimizer, make_schedule
+from cxr.train import run as trainer_module
 from cxr.train.loop import NonFiniteLossError
+from cxr.train.optim import make_optimizer, make_schedule
 from tests.conftest import tiny_params_dict, train_on
 
 BN = nn.modules.batchnorm._BatchNorm

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.train import run as trainer_module
-from cxr.train.augment import augment_batch, is_active
-from cxr.model.checkpoint import load_checkpoint
 from cxr.config import parse_params
 from cxr.data.demo import write_demo_dataset
-from cxr.train.features import FeatureCacheError
-from cxr.data.images import scan_split
-from cxr.model.losses import probabilities
-from cxr.evaluate.scores import classification_scores
+from cxr.data.splits import scan_split
 from cxr.data.store import SplitStore, StoreError, build_store, decode_image
-from cxr.train.loop import Runtime, predict_logits
+from cxr.evaluate.scores import classification_scores
+from cxr.model.checkpoint import load_checkpoint
+from cxr.model.decisions import probabilities
+from cxr.model.inference import Runtime, predict_logits
+from cxr.train import run as trainer_module
+from cxr.train.augment import augment_batch, is_active
+from cxr.train.features import FeatureCacheError
 from stages.decode import decode
 from stages.features import cache_features
 from tests.conftest import tiny_params_dict, train_on

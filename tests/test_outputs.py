@@ -8,11 +8,14 @@ import torch
 from sklearn.metrics import f1_score
 
 from cxr.atomic import atomic_dir, write_json
-from cxr.model.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-from cxr.evaluate.gallery import pick_examples, prediction_grid
-from cxr.data.images import IMAGENET_MEAN, IMAGENET_STD, open_rgb, scan_split
-from cxr.evaluate.scores import classification_scores
+from cxr.data.images import open_rgb
+from cxr.data.splits import scan_split
 from cxr.data.store import PREPROCESSING
+from cxr.evaluate.gallery import pick_examples, prediction_grid
+from cxr.evaluate.scores import classification_scores
+from cxr.model.checkpoint import load_checkpoint, save_checkpoint
+from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD
+from cxr.model.spec import ModelSpec
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):

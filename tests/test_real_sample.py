@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cxr.config import parse_params
-from cxr.data.images import scan_split
 from cxr.data.sources import write_dataset
+from cxr.data.splits import scan_split
 from cxr.data.store import SplitStore, build_store
 from cxr.data.verify import verify_splits
 from tests.conftest import REPO, tiny_params_dict

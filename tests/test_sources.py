@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from cxr.config import ConfigError, parse_params
 from cxr.data import sources as sources
 from cxr.data.archives import ArchiveError, safe_extract
-from cxr.config import ConfigError, parse_params
 from cxr.data.download import DownloadError, download
-from cxr.data.images import DatasetError
+from cxr.data.splits import DatasetError
 from cxr.data.verify import verify_splits
 from tests.conftest import tiny_params_dict
 

@@ -2,7 +2,8 @@ import shutil
 
 import pytest
 
-from cxr.data.images import DatasetError, open_rgb, scan_split
+from cxr.data.images import open_rgb
+from cxr.data.splits import DatasetError, scan_split
 from cxr.data.verify import verify_splits
 
 
@@ -198,7 +199,7 @@ def test_expected_counts_and_the_readable_report(demo_root):
 def test_on_corrupt_skip_excludes_and_lists_unreadable_files(demo_root, tmp_path):
     import json
 
-    from cxr.data.images import excluded_files
+    from cxr.data.splits import excluded_files
 
     (demo_root / "train" / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DatasetError, match="(?s)broken.png: does not decode.*verify.on_corrupt: skip"):

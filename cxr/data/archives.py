@@ -13,9 +13,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from cxr.errors import PipelineError
-from cxr.data.images import LABELS_CSV, SPLITS, is_image, pixel_digest
+from cxr.data.images import is_image, pixel_digest
 from cxr.data.near_duplicates import difference_hash, near_pairs
+from cxr.data.splits import LABELS_CSV, SPLITS
+from cxr.errors import PipelineError
 
 # Folder names accepted for each split, compared case-insensitively.
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}

@@ -12,8 +12,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr.config import TASK_CLASSES, DataConfig
-from cxr.data.images import SPLITS
 from cxr.data.phantoms import render_phantom
+from cxr.data.splits import SPLITS
 
 # multilabel demo: every 4th covid image also shows a pneumonia consolidation and is filed
 # under both class folders (same file name), so images with two labels exist in every split

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import time
@@ -12,21 +11,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cxr.checksums import sha256_of
 from cxr.errors import PipelineError
 
-CHUNK = 1 << 20
+TRANSFER_BLOCK = 1 << 20  # bytes read from the connection at a time
 
 
 class DownloadError(PipelineError, RuntimeError):
     """A download failed, was truncated, or does not match its pinned sha256."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _transfer(url: str, part: Path, timeout: float) -> None:
@@ -48,7 +40,7 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
             part.open("ab" if have else "wb") as out,
             tqdm(total=expected, initial=have, unit="B", unit_scale=True, desc=f"download {Path(url).name}") as bar,
         ):
-            for block in iter(lambda: response.read(CHUNK), b""):
+            for block in iter(lambda: response.read(TRANSFER_BLOCK), b""):
                 out.write(block)
                 bar.update(len(block))
     if expected is not None and part.stat().st_size < expected:

@@ -6,12 +6,13 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from cxr.data.archives import arrange_splits, safe_extract
 from cxr.config import DataConfig
+from cxr.data.archives import arrange_splits, safe_extract
 from cxr.data.demo import write_demo_dataset
-from cxr.data.images import DatasetError, is_image
-from cxr.paths import DOWNLOAD_DIR
+from cxr.data.images import is_image
 from cxr.data.presets import PRESETS
+from cxr.data.splits import DatasetError
+from cxr.paths import DOWNLOAD_DIR
 
 
 def _from_demo(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
@@ -35,7 +36,8 @@ def _from_url(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str
 def _from_gdrive(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
     import gdown  # well-kept Google Drive client: confirmation pages, cookies, resumable downloads
 
-    from cxr.data.download import DownloadError, check_pinned, sha256_of
+    from cxr.checksums import sha256_of
+    from cxr.data.download import DownloadError, check_pinned
 
     preset = PRESETS.get(data.preset)
     ids = preset.gdrive_ids if preset else (data.gdrive_id,)

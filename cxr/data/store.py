@@ -23,7 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr.atomic import atomic_dir
-from cxr.data.images import SPLITS, DatasetError, open_rgb, scan_split
+from cxr.data.images import open_rgb
+from cxr.data.splits import SPLITS, DatasetError, scan_split
 
 STORE_FORMAT = 1
 INDEX = "index.json"

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr.data.images import SPLITS, DatasetError, labelled_files, pixel_digest, split_classes, split_patients
+from cxr.data.images import pixel_digest
 from cxr.data.near_duplicates import difference_hash, near_pairs
+from cxr.data.splits import SPLITS, DatasetError, labelled_files, split_classes, split_patients
 
 
 def _class_counts(pairs: list[tuple[Path, tuple[str, ...]]], classes: tuple[str, ...]) -> dict[str, int]:

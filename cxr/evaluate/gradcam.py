@@ -2,11 +2,13 @@
 
 A short hook-based implementation rather than a dependency: the map is the ReLU of the last
 spatial feature map weighted by the spatial mean of the class score's gradient, upsampled to
-the input and scaled to [0, 1] per image. The layer is found by a forward pass: the last module
-whose output is still a spatial map (ResNet's `layer4`, VGG's and DenseNet's `features`).
+the input and scaled to [0, 1] per image. The layer comes from the family's entry in
+cxr/model/architectures.py (ResNet's `layer4`, VGG's `features`, a ViT's last block's input).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -14,31 +16,23 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+from cxr.model.architectures import family_of, resolve
 
 
-@torch.no_grad()
-def last_spatial_layer(model: nn.Module, image_size: int) -> str:
-    """Name of the last module (in execution order) whose output is (N, C, H, W) with H, W > 1."""
-    finished: list[tuple[str, tuple[int, ...]]] = []
-    hooks = [
-        module.register_forward_hook(lambda _m, _i, out, name=name: finished.append((name, tuple(out.shape))))
-        for name, module in model.named_modules()
-        if name and not isinstance(module, POOLING)
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        device = next(model.parameters()).device
-        model(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    spatial = [name for name, shape in finished if len(shape) == 4 and shape[2] > 1 and shape[3] > 1]
-    if not spatial:
-        raise ValueError(f"{type(model).__name__}: no layer keeps a spatial map at {image_size} px")
-    return spatial[-1]
+def gradcam_layer(model: nn.Module) -> str:
+    """The layer Grad-CAM reads for this model's family (cxr/model/architectures.py)."""
+    return resolve(model, family_of(model).gradcam)
+
+
+def _as_map(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) as is; a ViT's tokens (N, 1 + H*W, C) without the class token as (N, C, H, W)."""
+    if t.dim() == 4:
+        return t
+    patches = t[:, 1:, :]
+    side = math.isqrt(patches.shape[1])
+    if t.dim() != 3 or side * side != patches.shape[1]:
+        raise ValueError(f"Grad-CAM needs a spatial map or a square grid of tokens, got shape {tuple(t.shape)}")
+    return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str) -> torch.Tensor:
@@ -55,8 +49,8 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str)
     finally:
         hook.remove()
         model.train(was_training)
-    activations = captured["a"].detach().float()
-    weights = grads.float().mean(dim=(2, 3), keepdim=True)
+    activations = _as_map(captured["a"].detach().float())
+    weights = _as_map(grads.float()).mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * activations).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)

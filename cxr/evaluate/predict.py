@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr.model.checkpoint import CheckpointError, ModelSpec
-from cxr.evaluate.screening import positive_class
 from cxr.data.images import IMAGE_SUFFIXES
-from cxr.model.losses import probabilities
 from cxr.data.store import PREPROCESSING, decode_image
-from cxr.train.loop import Runtime, predict_logits
+from cxr.model.checkpoint import CheckpointError
+from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes, thresholded
+from cxr.model.inference import Runtime, predict_logits
+from cxr.model.spec import ModelSpec
 
 
 @dataclass
@@ -64,19 +64,18 @@ def decode_all(files: Sequence[Path], image_size: int) -> tuple[list[Path], np.n
 def decide(
     spec: ModelSpec, probs: np.ndarray, thresholds: dict[str, float | None] | None
 ) -> tuple[list[str], dict[str, float]]:
-    """Decisions (class names; several joined by ';' for multi-label) and the thresholds used:
+    """Decisions as class names (several joined by ';' for multi-label) and the thresholds used:
     those `evaluate` fitted on validation when given, else 0.5 (argmax for multi-class)."""
-    classes = spec.classes
-    thresholds = {k: v for k, v in (thresholds or {}).items() if v is not None}
+    given = {k: v for k, v in (thresholds or {}).items() if v is not None}
+    decided = spec.decide(probs, given)
     if spec.multilabel:
-        used = {c: thresholds.get(c, 0.5) for c in classes}
-        on = probs >= np.asarray([used[c] for c in classes])
-        return [";".join(c for c, yes in zip(classes, row, strict=True) if yes) for row in on], used
-    if len(classes) == 2:
-        pos = positive_class(classes)
-        t = thresholds.get(classes[pos], 0.5)
-        return [classes[pos] if p >= t else classes[1 - pos] for p in probs[:, pos]], {classes[pos]: t}
-    return [classes[i] for i in probs.argmax(1)], {}
+        names = [";".join(c for c, on in zip(spec.classes, row, strict=True) if on) for row in decided]
+    else:
+        names = [spec.classes[i] for i in decided]
+    if not thresholded(spec.classes, spec.multilabel):
+        return names, {}
+    screened = [spec.classes[i] for i in screened_classes(spec.classes, spec.multilabel)]
+    return names, {c: given.get(c, DEFAULT_THRESHOLD) for c in screened}
 
 
 def predict_files(model, spec: ModelSpec, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -87,7 +86,7 @@ def predict_files(model, spec: ModelSpec, pixels: np.ndarray, batch_size: int = 
     runtime = Runtime.select()
     runtime.prepare_model(model)
     logits = predict_logits(model, torch.from_numpy(pixels), batch_size, runtime)
-    return probabilities(logits, spec.loss).numpy().astype(np.float64)
+    return spec.probabilities(logits).numpy().astype(np.float64)
 
 
 def render(files: Sequence[Path], probs: np.ndarray, decisions: Sequence[str], classes, fmt: str) -> str:

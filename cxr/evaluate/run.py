@@ -13,17 +13,18 @@ import torch
 from dvclive import Live
 
 from cxr.atomic import atomic_path, write_json
-from cxr.model.checkpoint import ModelSpec, load_checkpoint
-from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
+from cxr.checksums import sha256_of
 from cxr.config import Params
-from cxr.data.download import sha256_of
-from cxr.evaluate.gallery import pick_examples, prediction_grid
-from cxr.evaluate.gradcam import gradcam, last_spatial_layer, overlay
 from cxr.data.images import open_rgb
-from cxr.model.losses import probabilities
-from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.data.store import SplitStore, StoreError
-from cxr.train.loop import Runtime, predict_logits
+from cxr.evaluate.gallery import pick_examples, prediction_grid
+from cxr.evaluate.gradcam import gradcam, gradcam_layer, overlay
+from cxr.evaluate.scores import classification_scores, multilabel_scores
+from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
+from cxr.model.checkpoint import load_checkpoint
+from cxr.model.decisions import screened_classes, thresholded
+from cxr.model.inference import Runtime, predict_logits
+from cxr.model.spec import ModelSpec
 
 
 def _class_view(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, i: int, multilabel: bool):
@@ -83,7 +84,7 @@ def _gallery(model, spec: ModelSpec, test: SplitStore, probs, preds, per_kind: i
     pixels = test[chosen]
     # explain the decision: the predicted class (multi-label: the most probable one)
     target = probs[chosen].argmax(1) if test.multilabel else preds[chosen]
-    layer = last_spatial_layer(model, spec.image_size)
+    layer = gradcam_layer(model)
     cams = gradcam(model, runtime.images(pixels), torch.as_tensor(target), layer).numpy()
     overlays = {i: overlay(pixels[k].numpy(), cams[k]) for k, i in enumerate(chosen)}
     title = f"Grad-CAM on {layer} for the predicted class; red = strongest evidence"
@@ -111,7 +112,7 @@ def evaluate(
 
     def probs_of(split: SplitStore) -> np.ndarray:
         logits = predict_logits(model, split, cfg.batch_size, runtime)
-        return probabilities(logits, spec.loss).numpy().astype(np.float64)  # JSON-friendly floats
+        return spec.probabilities(logits).numpy().astype(np.float64)  # JSON-friendly floats
 
     val_probs, probs = probs_of(val), probs_of(test)
     rule = ThresholdRule(cfg.threshold)
@@ -120,15 +121,14 @@ def evaluate(
         scores = multilabel_scores(test.labels, probs, spec.classes, list(thresholds.values()))
     else:
         scores = classification_scores(test.labels, probs, spec.classes, preds)
-    # binary: the screened (positive) class; otherwise every class against the rest
-    screened = [spec.classes.index(c) for c in thresholds]
+    screened = screened_classes(spec.classes, spec.multilabel)
     screening = {}
     for i in screened:
         cls = spec.classes[i]
         truth, class_scores, decided = _class_view(test.labels, probs, preds, i, spec.multilabel)
         report = screening_report(truth, class_scores, decided, cfg.bootstrap, params.seed, cfg.calibration_bins)
         screening[cls] = {"threshold": thresholds[cls], **report}
-    scores["threshold_rule"] = "argmax" if len(spec.classes) > 2 and not spec.multilabel else str(cfg.threshold)
+    scores["threshold_rule"] = str(cfg.threshold) if thresholded(spec.classes, spec.multilabel) else "argmax"
     scores["screening"] = screening
     scores["checkpoint_epoch"] = checkpoint["epoch"]
     scores["model_sha256"] = sha256_of(Path(model_path))  # lets `stages.predict` reuse these thresholds

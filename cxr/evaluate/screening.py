@@ -8,33 +8,24 @@ each with a seeded 95% percentile-bootstrap interval, and the expected calibrati
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from cxr.config import parse_threshold_rule
+from cxr.model.decisions import decide, screened_classes
+
 AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv", "f1")
 RANKING = ("roc_auc", "pr_auc")
-SENSITIVITY_RULE = re.compile(r"^sensitivity:(0?\.\d+|1(\.0*)?)$")
 
 
 class ThresholdRule:
     """`evaluate.threshold`: a fixed probability (e.g. 0.5), `youden` (max sensitivity +
     specificity - 1 on validation) or `sensitivity:0.95` (the highest threshold whose
-    validation sensitivity reaches 0.95)."""
+    validation sensitivity reaches 0.95). The spellings are parsed by cxr.config."""
 
     def __init__(self, rule: float | str):
         self.rule = rule
-        if isinstance(rule, float | int) and not isinstance(rule, bool):
-            if not 0.0 < float(rule) < 1.0:
-                raise ValueError(f"a fixed threshold must lie between 0 and 1, got {rule}")
-            self.kind, self.value = "fixed", float(rule)
-        elif rule == "youden":
-            self.kind, self.value = "youden", None
-        elif isinstance(rule, str) and SENSITIVITY_RULE.match(rule):
-            self.kind, self.value = "sensitivity", float(rule.split(":", 1)[1])
-        else:
-            raise ValueError(f"{rule!r}: use a probability such as 0.5, 'youden' or 'sensitivity:0.95'")
+        self.kind, self.value = parse_threshold_rule(rule)
 
     def fit(self, truth: np.ndarray, scores: np.ndarray) -> float:
         """The threshold this rule picks on validation labels (0/1) and scores."""
@@ -139,12 +130,6 @@ def screening_report(
     return report
 
 
-def positive_class(classes: tuple[str, ...]) -> int:
-    """The class a binary screen looks for: the one not called 'normal' (else the first)."""
-    others = [i for i, c in enumerate(classes) if c.lower() != "normal"]
-    return others[0] if len(others) == 1 else 0
-
-
 def operating_points(
     classes: tuple[str, ...],
     multilabel: bool,
@@ -153,19 +138,16 @@ def operating_points(
     test_probs: np.ndarray,
     rule: ThresholdRule,
 ) -> tuple[np.ndarray, dict[str, float | None]]:
-    """Test decisions and the threshold used per class, fitted on validation alone.
-
-    Binary: the positive class is predicted where its probability reaches the fitted
-    threshold. Multi-label: one threshold per class. Multi-class: argmax (no threshold).
-    """
-    if multilabel:
-        thresholds = {c: rule.fit(val_labels[:, i], val_probs[:, i]) for i, c in enumerate(classes)}
-        return (test_probs >= np.asarray(list(thresholds.values()))).astype(val_labels.dtype), thresholds
-    if len(classes) == 2:
-        pos = positive_class(classes)
-        threshold = rule.fit(val_labels == pos, val_probs[:, pos])
-        return np.where(test_probs[:, pos] >= threshold, pos, 1 - pos), {classes[pos]: threshold}
-    return test_probs.argmax(1), dict.fromkeys(classes)
+    """Test decisions (cxr.model.decisions.decide) and the threshold of each screened class,
+    fitted on validation alone; a multi-class argmax has no threshold (None per class)."""
+    if not (multilabel or len(classes) == 2):
+        return decide(test_probs, classes, multilabel), dict.fromkeys(classes)
+    truth = val_labels > 0 if multilabel else None
+    thresholds = {}
+    for i in screened_classes(classes, multilabel):
+        is_class = truth[:, i] if multilabel else val_labels == i
+        thresholds[classes[i]] = rule.fit(is_class, val_probs[:, i])
+    return decide(test_probs, classes, multilabel, thresholds), thresholds
 
 
 def _finite(value: float) -> float | None:

@@ -1,8 +1,8 @@
-"""The model checkpoint: weights plus everything evaluation and prediction need to rebuild it."""
+"""Files a run writes: the model checkpoint (weights + spec) and the training state that resumes it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 
 from cxr.atomic import atomic_path
 from cxr.errors import PipelineError
-from cxr.model.networks import build_model
+from cxr.model.spec import ModelSpec
 
 FORMAT_VERSION = 3
 
@@ -19,48 +19,24 @@ class CheckpointError(PipelineError, FileNotFoundError):
     """The checkpoint is missing or was written by an incompatible version."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What rebuilds the network and its input pipeline, independent of params.yaml."""
-
-    arch: str
-    classes: tuple[str, ...]
-    task: str
-    loss: str  # ce: softmax outputs; bce/focal: one sigmoid per class
-    hidden: tuple[int, ...]
-    dropout: float
-    activation: str
-    keep_classifier: bool
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    preprocessing: str  # how a file becomes the uint8 input (cxr.data.store.PREPROCESSING)
-
-    @property
-    def multilabel(self) -> bool:
-        return self.task == "multilabel"
-
-    def build(self, weights: str = "none") -> nn.Module:
-        return build_model(
-            self.arch,
-            len(self.classes),
-            self.hidden,
-            self.dropout,
-            self.image_size,
-            weights=weights,
-            activation=self.activation,
-            keep_classifier=self.keep_classifier,
-        )
+class ResumeError(PipelineError, RuntimeError):
+    """models/last.pt does not belong to the run being resumed."""
 
 
-def save_checkpoint(path: Path | str, model: nn.Module, spec: ModelSpec, **extra) -> None:
-    """Write weights (on the CPU) and spec atomically: a crash leaves the previous file intact."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT_VERSION, "spec": asdict(spec), "model": state, **extra}
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _save(path: Path | str, payload: dict) -> None:
     # saving through a file object keeps the random temp name out of the zip records,
     # so identical weights give an identical file (and an unchanged dvc.lock hash)
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         torch.save(payload, f)
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, spec: ModelSpec, **extra) -> None:
+    """Write weights (on the CPU) and spec atomically: a crash leaves the previous file intact."""
+    _save(path, {"format": FORMAT_VERSION, "spec": asdict(spec), "model": _cpu_state(model), **extra})
 
 
 def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelSpec, dict]:
@@ -77,3 +53,53 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelSpec, dict]:
     model.load_state_dict(payload["model"])
     model.eval()
     return model, spec, payload
+
+
+def save_training_state(path: Path | str, run, epoch: int, best: dict, signature: dict) -> None:
+    """Everything `restore_training_state` needs to continue after `epoch` finished epochs.
+
+    `run` has the model, optimizer, scheduler, scaler and batch-order generator of the run.
+    """
+    _save(
+        path,
+        {
+            "model": _cpu_state(run.model),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "epoch": epoch,  # epochs finished; also the next dvclive step
+            "best": best,
+            "signature": signature,
+            "torch_rng": torch.get_rng_state(),
+            "batch_rng": run.generator.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    )
+
+
+def restore_training_state(path: Path | str, run, signature: dict) -> tuple[int, dict]:
+    """Load the state `save_training_state` wrote into `run`; return (finished epochs, best scores).
+
+    Refuses a state written under other params (`signature`), naming the keys that differ.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["signature"] != signature:
+        old, new = state["signature"], signature
+        changed = sorted(
+            {f"train.{k}" for k in new["train"] if old["train"].get(k) != new["train"][k]}
+            | {k for k in ("seed", "task", "classes") if old[k] != new[k]}
+        )
+        raise ResumeError(
+            f"train.resume: {path} was written by a run with different {', '.join(changed)}; "
+            "set train.resume: false to start afresh, or restore the params of the interrupted run"
+        )
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    run.generator.set_state(state["batch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["epoch"], state["best"]

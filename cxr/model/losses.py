@@ -1,4 +1,4 @@
-"""Losses and the matching reading of the network's outputs.
+"""Losses by their params name (`train.loss`); cxr.model.decisions reads the outputs they train.
 
 `ce` is a softmax over classes (one label per image). `bce` and `focal` put one sigmoid on each
 class: for `data.task: multilabel` the targets are multi-hot rows, for single-label tasks the
@@ -38,13 +38,3 @@ def make_loss(name: str, num_classes: int, focal_alpha: float | None = 0.25, foc
             logits, _as_multi_hot(targets, num_classes), alpha=alpha, gamma=focal_gamma, reduction="mean"
         )
     raise ValueError(f"train.loss: {name!r} is not one of ce, bce, focal")
-
-
-def probabilities(logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-class probabilities: softmax for `ce`, independent sigmoids for `bce`/`focal`."""
-    return torch.softmax(logits, 1) if loss == "ce" else torch.sigmoid(logits)
-
-
-def decisions(probs: torch.Tensor, multilabel: bool, threshold: float = 0.5) -> torch.Tensor:
-    """Predicted labels: class indices (N,) for single-label tasks, 0/1 rows (N, C) for multi-label."""
-    return (probs >= threshold).long() if multilabel else probs.argmax(1)

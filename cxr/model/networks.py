@@ -1,4 +1,8 @@
-"""torchvision CNNs with a new fully connected head, pretrained weights and freezing."""
+"""torchvision networks with a new fully connected head, pretrained weights and freezing.
+
+Where each family's classifier sits, and what integer freeze entries mean, is read from the
+table in cxr/model/architectures.py; nothing here names a family.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,15 @@ import torch
 from torch import nn
 from torchvision.models import get_model
 
-from cxr.config import ConfigError
+from cxr.errors import ConfigError
+from cxr.model.architectures import FAMILY_OF_ARCH, Family, family_of, replace_module, submodule
 from cxr.model.weights import WeightsError, imagenet_state_dict, local_state_dict
 
-# The attribute holding each family's ImageNet classifier: `fc` (ResNet), `classifier` (VGG,
-# DenseNet, EfficientNet).
-HEAD_ATTRS = ("fc", "classifier")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 class Head(nn.Sequential):
     """The newly initialised layers on top of the CNN: what `freeze: backbone` leaves trainable."""
-
-
-def head_attr(model: nn.Module) -> str:
-    """Name of the model's classifier attribute (`fc` for ResNet, `classifier` for VGG)."""
-    for name in HEAD_ATTRS:
-        if isinstance(getattr(model, name, None), nn.Module):
-            return name
-    raise ValueError(f"{type(model).__name__}: no classifier attribute among {HEAD_ATTRS}")
 
 
 def make_head(
@@ -46,28 +40,39 @@ def make_head(
     return Head(*layers)
 
 
+def replaced_layer(family: Family, keep_classifier: bool) -> str:
+    """Dotted name of the module the new head takes the place of."""
+    return family.last_layer if keep_classifier else family.head
+
+
 @torch.no_grad()
-def feature_width(model: nn.Module, image_size: int) -> int:
-    """Width of the features reaching the head, measured by a forward pass (never hard-coded)."""
-    attr = head_attr(model)
-    original = getattr(model, attr)
-    setattr(model, attr, nn.Identity())
+def feature_width(model: nn.Module, image_size: int, replaced: str | None = None) -> int:
+    """Width of the features reaching `replaced` (default: the family's head), measured by a
+    forward pass (never hard-coded)."""
+    path = replaced or family_of(model).head
+    original = replace_module(model, path, nn.Identity())
     was_training = model.training
     try:
         model.eval()
         return int(model(torch.zeros(1, 3, image_size, image_size)).flatten(1).shape[1])
     finally:
-        setattr(model, attr, original)
+        replace_module(model, path, original)
         model.train(was_training)
 
 
-def load_backbone_weights(
-    model: nn.Module, state: dict[str, torch.Tensor], source: str, keep_classifier: bool = False
-) -> None:
-    """Load every tensor of `state` but the replaced classifier layer(s) into `model`."""
-    attr = head_attr(model)
-    prefix = f"{attr}.{len(getattr(model, attr)) - 1}." if keep_classifier else f"{attr}."
-    backbone = {k: v for k, v in state.items() if not k.startswith(prefix)}
+def adapt_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ViT: position embeddings of the weights' image size, interpolated to the model's."""
+    if family_of(model).sized and "encoder.pos_embedding" in state:
+        from torchvision.models.vision_transformer import interpolate_embeddings
+
+        return interpolate_embeddings(model.image_size, model.patch_size, state)
+    return state
+
+
+def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, replaced: str) -> None:
+    """Load every tensor of `state` but those of the `replaced` classifier layer(s) into `model`."""
+    prefix = replaced + "."
+    backbone = {k: v for k, v in adapt_state(model, state).items() if not k.startswith(prefix)}
     expected = {k for k in model.state_dict() if not k.startswith(prefix)}
     missing = sorted(expected - backbone.keys())
     unexpected = sorted(backbone.keys() - expected)
@@ -96,31 +101,27 @@ def build_model(
 ) -> nn.Module:
     """A torchvision `arch` with `weights` loaded into its backbone and a new head.
 
-    With `keep_classifier`, a multi-layer classifier (VGG's 4096-4096, EfficientNet's dropout)
-    is kept, pretrained, and only its last linear layer is replaced by the new head.
+    With `keep_classifier`, a multi-layer classifier (VGG's 4096-4096, EfficientNet's and
+    MobileNet's dropout) is kept, pretrained, and only its last layer is replaced by the new head.
     """
-    model = get_model(arch, weights=None)
-    attr = head_attr(model)
-    if keep_classifier:
-        classifier = getattr(model, attr)
-        if not (isinstance(classifier, nn.Sequential) and isinstance(classifier[-1], nn.Linear)):
-            raise ConfigError(f"train.head.keep_classifier: {arch} has a single-layer classifier; set it to false")
+    sized = arch in FAMILY_OF_ARCH and FAMILY_OF_ARCH[arch].sized
+    model = get_model(arch, weights=None, **({"image_size": image_size} if sized else {}))
+    family = family_of(model)
+    if keep_classifier and not family.last_layer:
+        raise ConfigError(f"train.head.keep_classifier: {arch} has a single-layer classifier; set it to false")
+    replaced = replaced_layer(family, keep_classifier)
     if weights == "imagenet":
-        load_backbone_weights(model, imagenet_state_dict(arch), "imagenet", keep_classifier)
+        load_backbone_weights(model, imagenet_state_dict(arch), "imagenet", replaced)
     elif weights != "none":
-        load_backbone_weights(model, local_state_dict(weights), weights, keep_classifier)
-    if keep_classifier:
-        classifier = getattr(model, attr)
-        last = len(classifier) - 1
-        classifier[last] = make_head(classifier[last].in_features, hidden, dropout, num_outputs, activation)
-    else:
-        width = feature_width(model, image_size)
-        setattr(model, attr, make_head(width, hidden, dropout, num_outputs, activation))
+        load_backbone_weights(model, local_state_dict(weights), weights, replaced)
+    old = submodule(model, replaced)
+    width = old.in_features if isinstance(old, nn.Linear) else feature_width(model, image_size, replaced)
+    replace_module(model, replaced, make_head(width, hidden, dropout, num_outputs, activation))
     return model
 
 
 def head_name(model: nn.Module) -> str:
-    """Dotted name of the new head module (`fc`, `classifier` or `classifier.6`)."""
+    """Dotted name of the new head module (`fc`, `classifier`, `classifier.6`, `heads`, ...)."""
     for name, module in model.named_modules():
         if isinstance(module, Head):
             return name
@@ -135,8 +136,8 @@ def is_frozen(model: nn.Module, mode: str | Sequence[str | int]) -> Callable[[st
     """Predicate on parameter names: is this parameter frozen under `mode`?
 
     `none`: nothing; `backbone`: everything but the new head; `head`: the new head only; a list:
-    those modules, where an integer i means `features.i` (a layer of VGG/DenseNet/EfficientNet's
-    feature extractor). Every listed entry must match at least one parameter.
+    those modules, where an integer i means the family's indexed container (`features.i` for
+    VGG/DenseNet/EfficientNet/MobileNet/ConvNeXt/Swin). Every entry must match a parameter.
     """
     head = head_name(model)
     if mode == "none":
@@ -145,14 +146,20 @@ def is_frozen(model: nn.Module, mode: str | Sequence[str | int]) -> Callable[[st
         return lambda name: not _under(name, head)
     if mode == "head":
         return lambda name: _under(name, head)
-    prefixes = [f"features.{p}" if isinstance(p, int) else str(p) for p in mode]
+    indexed = family_of(model).indexed
+    if indexed is None and any(isinstance(p, int) for p in mode):
+        raise ConfigError(
+            f"train.freeze: {type(model).__name__} has no numbered feature layers; "
+            f"use module names such as {', '.join(n for n, _ in model.named_children())}"
+        )
+    prefixes = [f"{indexed}.{p}" if isinstance(p, int) else str(p) for p in mode]
     names = [n for n, _ in model.named_parameters()]
     for prefix in prefixes:
         if not any(_under(n, prefix) for n in names):
             children = ", ".join(n for n, _ in model.named_children())
             raise ConfigError(
                 f"train.freeze: {prefix!r} matches no parameter of this model; "
-                f"use module names such as {children} (or features indices of layers with weights)"
+                f"use module names such as {children} (or {indexed or 'features'} indices of layers with weights)"
             )
     return lambda name: any(_under(name, p) for p in prefixes)
 
@@ -174,8 +181,8 @@ def train_mode(model: nn.Module, freeze_mode: str | Sequence[str | int] = "none"
 
     `freeze: backbone` makes the backbone a fixed feature extractor: everything but the new
     head runs in eval mode (BatchNorm running stats, no dropout or stochastic depth), which is
-    what lets its features be computed once (cxr/train/features.py). Under the other modes, BatchNorm
-    layers whose parameters are frozen keep their running statistics.
+    what lets its features be computed once (cxr/train/features.py). Under the other modes,
+    BatchNorm layers whose parameters are frozen keep their running statistics.
     """
     if freeze_mode == "backbone":
         model.eval()

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cxr.config import ConfigError
+from cxr.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,15 @@ import torch
 from torch import nn
 
 from cxr.atomic import atomic_dir
-from cxr.train.augment import is_active
 from cxr.config import TrainConfig
 from cxr.errors import PipelineError
+from cxr.model.inference import Runtime, predict_logits
 from cxr.model.networks import head_name
-from cxr.train.loop import Runtime, predict_logits
+from cxr.train.augment import is_active
 
 FEATURES_FORMAT = 1
 INFO = "info.json"
-SPLITS = ("train", "val")  # test is scored by evaluate on the whole checkpointed model
+CACHED_SPLITS = ("train", "val")  # test is scored by evaluate on the whole checkpointed model
 EXTRACT_BATCH = 64  # images per forward pass; changes only float rounding, not results
 
 
@@ -114,4 +114,4 @@ def load_features(feature_dir: Path, model: nn.Module) -> dict[str, torch.Tensor
             f"{info_path}: features of another backbone (train.arch, train.weights, train.image_size or seed "
             "changed); run `dvc repro` to extract them again"
         )
-    return {name: torch.load(Path(feature_dir) / f"{name}.pt", weights_only=True) for name in SPLITS}
+    return {name: torch.load(Path(feature_dir) / f"{name}.pt", weights_only=True) for name in CACHED_SPLITS}

@@ -1,14 +1,12 @@
-"""The training and inference loops: batches of stored images or cached features, on any device."""
+"""The training and validation loops: batches of stored images or cached features, on any device."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import random
 import sys
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,11 +14,13 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm import tqdm
 
-from cxr.config import ConfigError
-from cxr.train.distributed import Distributed, Rows
 from cxr.errors import PipelineError
-from cxr.data.images import standardize
+from cxr.model.inference import Runtime, batches, predict_logits, prefetched
 from cxr.model.networks import train_mode
+from cxr.train.distributed import Distributed, Rows
+
+SINGLE = Distributed()  # one process
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -29,69 +29,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def select_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for `train.precision` on `device`; None means plain fp32.
-
-    auto: bf16 on CUDA where supported, else fp16 (with loss scaling); fp32 on the CPU, where
-    bf16 only pays on CPUs with native bf16 units (AMX / AVX512-BF16).
-    """
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if precision == "bf16":
-            raise ConfigError("train.precision: 'bf16' is not supported by this GPU; use 'auto' (fp16) or 'fp32'")
-        return torch.float16
-    return torch.bfloat16
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the network runs: device, autocast dtype and memory format.
-
-    channels_last (NHWC) lets cuDNN and oneDNN pick their fastest convolutions; measured in
-    benchmarks/throughput.py.
-    """
-
-    device: torch.device
-    dtype: torch.dtype | None = None
-    channels_last: bool = True
-
-    @classmethod
-    def select(cls, precision: str = "auto", device: torch.device | None = None) -> Runtime:
-        device = device or select_device()
-        return cls(device, amp_dtype(device, precision))
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-    def images(self, batch: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """uint8 images (B, 3, H, W) on the CPU -> standardised float input on the device."""
-        x = batch.to(self.device, non_blocking=True).float().div_(255.0)
-        if augment is not None:
-            x = augment(x)
-        x = standardize(x)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def features(self, batch: torch.Tensor, augment=None) -> torch.Tensor:
-        """Cached feature rows: only moved to the device."""
-        return batch.to(self.device, non_blocking=True)
-
-
-SINGLE = Distributed()  # one process
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 def release_large_blocks(threshold: int = 8 << 20) -> bool:
@@ -112,13 +49,6 @@ class NonFiniteLossError(PipelineError, FloatingPointError):
     """The loss became NaN or infinite: training stops at once instead of producing garbage."""
 
 
-def make_grad_scaler(runtime: Runtime) -> torch.amp.GradScaler | None:
-    """A loss scaler where autocast uses fp16 (CUDA without bf16); None elsewhere."""
-    if runtime.device.type == "cuda" and runtime.dtype == torch.float16:
-        return torch.amp.GradScaler("cuda")
-    return None
-
-
 @dataclass
 class EpochResult:
     loss: float
@@ -126,29 +56,28 @@ class EpochResult:
     f1: float
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
-    """Index batches over n items: shuffled by `generator`, or in order when it is None."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    yield from order.split(batch_size)
+@dataclass
+class Fit:
+    """What the loops need, built once per run.
 
+    `net` is what takes optimisation steps (the model, or its head alone on cached features;
+    wrapped in DistributedDataParallel or compiled where asked) and `model` the plain module
+    validation runs. `prepare` turns a CPU batch into the input on the device (augmenting it),
+    `prepare_eval` does the same without augmentation. `decide` turns logits into labels
+    (cxr.model.decisions). `scaler` scales fp16 losses and does nothing when disabled.
+    """
 
-def prefetched(inputs, order: list[torch.Tensor], pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(indices, CPU batch) pairs, each batch read (and pinned, for CUDA) in a background thread
-    while the one before it computes: `pread` and pinning release the GIL."""
-    if not order:
-        return
-
-    def load(idx: torch.Tensor) -> torch.Tensor:
-        batch = inputs[idx]
-        return batch.pin_memory() if pin else batch
-
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(load, order[0])
-        for i, idx in enumerate(order):
-            batch = pending.result()
-            if i + 1 < len(order):
-                pending = pool.submit(load, order[i + 1])
-            yield idx, batch
+    net: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    decide: Callable[[torch.Tensor], torch.Tensor]
+    runtime: Runtime
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    prepare_eval: Callable[[torch.Tensor], torch.Tensor]
+    scaler: torch.amp.GradScaler
+    freeze_mode: str | list = "none"
+    dist: Distributed = field(default_factory=Distributed)
 
 
 def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray) -> EpochResult:
@@ -161,100 +90,59 @@ def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray) -> EpochRe
     )
 
 
-def train_epoch(
-    model: nn.Module,
-    inputs,
-    labels: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable,
-    decide: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int,
-    generator: torch.Generator,
-    runtime: Runtime,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    epoch: int = 1,
-    scaler: torch.amp.GradScaler | None = None,
-    freeze_mode="none",
-    dist: Distributed = SINGLE,
-) -> EpochResult:
-    """One pass over the training inputs in a seeded random order.
+def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns (loss, logits), raising on a non-finite loss before the update."""
+    with fit.runtime.autocast():
+        logits = fit.net(x)
+        loss = fit.loss_fn(logits.float(), y)
+    if not torch.isfinite(loss):  # the one wait for the device per batch
+        raise NonFiniteLossError(f"loss is {loss.item()}")
+    fit.optimizer.zero_grad(set_to_none=True)
+    fit.scaler.scale(loss).backward()
+    fit.scaler.step(fit.optimizer)
+    fit.scaler.update()
+    return loss, logits
 
-    `inputs[idx]` gives a CPU batch (uint8 images from the store, or cached features) and
-    `prepare` turns it into the model's input on the device (augmenting it when asked).
-    `decide` turns logits into predicted labels for the running accuracy and F1. `scaler`
-    (from `make_grad_scaler`, one per run) scales fp16 losses; None means no scaling.
-    Raises NonFiniteLossError naming the epoch and batch when the loss is NaN or infinite.
-    Under `dist`, each process trains on its share of every batch (a batch smaller than the
-    number of processes is left out) and the returned scores cover all processes.
+
+def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generator: torch.Generator, epoch: int = 1):
+    """One pass over the training inputs in a seeded random order; returns an EpochResult.
+
+    `inputs[idx]` gives a CPU batch (uint8 images from the store, or cached features). Raises
+    NonFiniteLossError naming the epoch and batch when the loss is NaN or infinite. Under
+    `fit.dist`, each process trains on its share of every batch (a batch smaller than the number
+    of processes is left out) and the returned scores cover all processes.
     """
-    train_mode(model, freeze_mode)
+    dist, runtime = fit.dist, fit.runtime
+    train_mode(fit.model, fit.freeze_mode)
     loss_sums, seen_labels, seen_preds = [], [], []
     order = [dist.share(b) for b in batches(len(labels), batch_size, generator) if len(b) >= dist.world]
     loader = prefetched(inputs, order, pin=runtime.device.type == "cuda")
     quiet = not dist.is_main
     progress = tqdm(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)
     for batch, (idx, cpu_batch) in enumerate(progress, start=1):
-        x = prepare(cpu_batch)
         y = labels[idx].to(runtime.device, non_blocking=True)
-        with runtime.autocast():
-            logits = model(x)
-            loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):  # the one wait for the device per batch
-            lr = optimizer.param_groups[0]["lr"]
+        try:
+            loss, logits = _step(fit, fit.prepare(cpu_batch), y)
+        except NonFiniteLossError as exc:
+            lr = fit.optimizer.param_groups[0]["lr"]
             raise NonFiniteLossError(
-                f"train: loss is {loss.item()} at epoch {epoch}, batch {batch}/{len(order)} (lr {lr:g}); "
+                f"train: {exc} at epoch {epoch}, batch {batch}/{len(order)} (lr {lr:g}); "
                 f"training stopped. Lower train.lr (e.g. to {lr / 10:g}) and run again."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+            ) from None
         loss_sums.append(loss.detach() * len(idx))  # stays on the device until the epoch ends
         seen_labels.append(y)
-        seen_preds.append(decide(logits.detach().float()))
+        seen_preds.append(fit.decide(logits.detach().float()))
     loss_sum = np.array([torch.stack(loss_sums).sum().item() if loss_sums else 0.0])
     seen = (loss_sum, torch.cat(seen_labels).cpu().numpy(), torch.cat(seen_preds).cpu().numpy())
     loss_sum, all_labels, all_preds = dist.concat_arrays(*seen) if dist.active else seen
     return summarize(float(loss_sum.sum()), all_labels, all_preds)
 
 
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module, inputs, batch_size: int, runtime: Runtime, prepare: Callable | None = None
-) -> torch.Tensor:
-    """Logits for every input, in order, with the model in eval mode (float32, on the CPU).
-
-    `inputs[idx]` gives CPU batches; `prepare` defaults to `runtime.images` (uint8 images).
-    """
-    model.eval()
-    prepare = prepare or runtime.images
-    out = []
-    order = list(batches(len(inputs), batch_size, None))
-    for _, batch in prefetched(inputs, order, runtime.device.type == "cuda"):
-        with runtime.autocast():
-            out.append(model(prepare(batch)).float())
-    return torch.cat(out).cpu() if out else torch.empty(0)
-
-
-def evaluate_epoch(
-    model: nn.Module,
-    inputs,
-    labels: torch.Tensor,
-    loss_fn: Callable,
-    decide: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int,
-    runtime: Runtime,
-    prepare: Callable | None = None,
-    dist: Distributed = SINGLE,
-) -> EpochResult:
-    """Loss, accuracy and F1 over all inputs; under `dist`, each process scores a share."""
+def evaluate_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int) -> EpochResult:
+    """Loss, accuracy and F1 of `fit.model` over all inputs; under `fit.dist`, each process scores a share."""
+    dist = fit.dist
     mine = dist.share(torch.arange(len(inputs)))
-    part = predict_logits(model, Rows(inputs, mine) if dist.active else inputs, batch_size, runtime, prepare)
-    logits = dist.gather_rows(part, len(inputs))
-    loss = loss_fn(logits, labels).item() * len(labels)
-    return summarize(loss, labels.numpy(), decide(logits).numpy())
+    rows = Rows(inputs, mine) if dist.active else inputs
+    logits = dist.gather_rows(predict_logits(fit.model, rows, batch_size, fit.runtime, fit.prepare_eval), len(inputs))
+    loss = fit.loss_fn(logits, labels).item() * len(labels)
+    return summarize(loss, labels.numpy(), fit.decide(logits).numpy())

@@ -1,0 +1,134 @@
+"""The splits of a dataset on disk: which files, with which labels and patients, in a fixed order."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxr.data.images import is_image
+from cxr.errors import PipelineError
+
+SPLITS = ("train", "val", "test")
+LABELS_CSV = "labels.csv"  # optional, per split: path,labels (labels separated by ";")
+
+
+class DatasetError(PipelineError, ValueError):
+    """The dataset on disk does not have the expected layout; the message names the path."""
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """The image files of one split with their labels, in a deterministic order.
+
+    `labels` is an int array (N,) of class indices, or for multi-label data a 0/1 float array
+    (N, C) with one column per class.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    files: tuple[Path, ...]
+    labels: np.ndarray
+
+
+def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """Rows of `split_dir/labels.csv`: `path` (relative to the split folder) and `labels`
+    (class names separated by `;`)."""
+    csv_path = split_dir / LABELS_CSV
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"path", "labels"} <= set(reader.fieldnames or ()):
+            raise DatasetError(f"{csv_path}: needs the columns path,labels; found {reader.fieldnames}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            labels = tuple(sorted({x.strip() for x in (row["labels"] or "").split(";") if x.strip()}))
+            path = split_dir / (row["path"] or "").strip()
+            if not labels:
+                raise DatasetError(f"{csv_path}:{line}: no labels for {row['path']!r}")
+            if not path.is_file():
+                raise DatasetError(f"{csv_path}:{line}: {path} does not exist")
+            rows.append((path, labels))
+    return rows
+
+
+def excluded_files(data_metrics: Path, root: Path) -> frozenset[Path]:
+    """Files `verify` excluded (listed under `excluded` in its metrics file), as paths under `root`."""
+    if not Path(data_metrics).is_file():
+        return frozenset()
+    return frozenset(Path(root) / rel for rel in json.loads(Path(data_metrics).read_text()).get("excluded", []))
+
+
+def split_patients(split_dir: Path) -> dict[str, list[Path]]:
+    """Images per patient id, from a split's labels.csv `patient_id` column (empty if none)."""
+    csv_path = Path(split_dir) / LABELS_CSV
+    if not csv_path.is_file():
+        return {}
+    patients: dict[str, list[Path]] = {}
+    with csv_path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if (row.get("patient_id") or "").strip():
+                patients.setdefault(row["patient_id"].strip(), []).append(Path(split_dir) / row["path"].strip())
+    return patients
+
+
+def labelled_files(split_dir: Path, merge_by_name: bool = False) -> list[tuple[Path, tuple[str, ...]]]:
+    """(image, class names) pairs of a split, in a deterministic order.
+
+    Labels come from `labels.csv` in the split folder when it exists, else from class folders
+    (`split/{class}/file`). With `merge_by_name`, a file name found in several class folders is
+    one image with all of those labels, read from the first folder holding it.
+    """
+    split_dir = Path(split_dir)
+    if (split_dir / LABELS_CSV).is_file():
+        return _read_labels_csv(split_dir)
+    merged: dict[str, tuple[Path, list[str]]] = {}
+    pairs = []
+    for cls in split_classes(split_dir):
+        for path in sorted(p for p in (split_dir / cls).iterdir() if is_image(p)):
+            if merge_by_name:
+                merged.setdefault(path.name, (path, []))[1].append(cls)
+            else:
+                pairs.append((path, (cls,)))
+    return [(path, tuple(labels)) for path, labels in merged.values()] if merge_by_name else pairs
+
+
+def split_classes(split_dir: Path) -> tuple[str, ...]:
+    """Class names of a split, sorted: the labels in its labels.csv, else its sub-folder names."""
+    if not split_dir.is_dir():
+        raise DatasetError(f"{split_dir}: split folder not found; expected data/raw/{{train,val,test}}/{{class}}/")
+    if (split_dir / LABELS_CSV).is_file():
+        return tuple(sorted({label for _, labels in _read_labels_csv(split_dir) for label in labels}))
+    return tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
+
+
+def scan_split(
+    root: Path,
+    name: str,
+    classes: tuple[str, ...] | None = None,
+    multilabel: bool = False,
+    exclude: frozenset[Path] = frozenset(),
+) -> Split:
+    """The images of `root/name` with class-index labels, or multi-hot rows when `multilabel`;
+    files in `exclude` (unreadable ones that verify skipped) are left out."""
+    split_dir = Path(root) / name
+    found = split_classes(split_dir)
+    classes = classes or found
+    if set(found) != set(classes):
+        raise DatasetError(f"{split_dir}: classes {list(found)} differ from the expected {list(classes)}")
+    pairs = [(p, lb) for p, lb in labelled_files(split_dir, merge_by_name=multilabel) if p not in exclude]
+    files = tuple(path for path, _ in pairs)
+    if multilabel:
+        multi_hot = np.zeros((len(pairs), len(classes)), dtype=np.float32)
+        for row, (_, labels) in enumerate(pairs):
+            multi_hot[row, [classes.index(c) for c in labels]] = 1.0
+        return Split(name, tuple(classes), files, multi_hot)
+    several = [str(path) for path, labels in pairs if len(labels) > 1]
+    if several:
+        raise DatasetError(
+            f"{split_dir}: {len(several)} images have several labels (e.g. {several[0]}); "
+            "use data.task: multilabel, or give each image one label"
+        )
+    return Split(name, tuple(classes), files, np.asarray([classes.index(lb[0]) for _, lb in pairs], dtype=np.int64))

@@ -1,0 +1,138 @@
+"""Where and how a network runs (device, precision, memory format) and batched inference:
+shared by training, evaluation, feature caching and prediction, with no training loop in it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cxr.errors import ConfigError
+
+# ImageNet statistics: what torchvision's pretrained weights expect, stored in each checkpoint.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple, std: tuple, device: torch.device, dtype: torch.dtype):
+    # made once per device: building them per batch would copy to the GPU and wait for it every batch
+    view = (1, len(mean), 1, 1)
+    return torch.tensor(mean, dtype=dtype).view(view).to(device), torch.tensor(std, dtype=dtype).view(view).to(device)
+
+
+def standardize(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Float images in [0, 1] (N, 3, H, W), standardised per channel."""
+    m, s = _channel_stats(tuple(mean), tuple(std), batch.device, batch.dtype)
+    return (batch - m) / s
+
+
+def select_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for `train.precision` on `device`; None means plain fp32.
+
+    auto: bf16 on CUDA where supported, else fp16 (with loss scaling); fp32 on the CPU, where
+    bf16 only pays on CPUs with native bf16 units (AMX / AVX512-BF16).
+    """
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if precision == "bf16":
+            raise ConfigError("train.precision: 'bf16' is not supported by this GPU; use 'auto' (fp16) or 'fp32'")
+        return torch.float16
+    return torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the network runs: device, autocast dtype and memory format.
+
+    channels_last (NHWC) lets cuDNN and oneDNN pick their fastest convolutions; measured in
+    benchmarks/throughput.py.
+    """
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = True
+
+    @classmethod
+    def select(cls, precision: str = "auto", device: torch.device | None = None) -> Runtime:
+        device = device or select_device()
+        return cls(device, amp_dtype(device, precision))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A loss scaler that works where autocast uses fp16 (CUDA without bf16) and does nothing elsewhere."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def images(self, batch: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """uint8 images (B, 3, H, W) on the CPU -> standardised float input on the device."""
+        x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+        if augment is not None:
+            x = augment(x)
+        x = standardize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def features(self, batch: torch.Tensor, augment=None) -> torch.Tensor:
+        """Cached feature rows: only moved to the device."""
+        return batch.to(self.device, non_blocking=True)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    """Index batches over n items: shuffled by `generator`, or in order when it is None."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    yield from order.split(batch_size)
+
+
+def prefetched(inputs, order: list[torch.Tensor], pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(indices, CPU batch) pairs, each batch read (and pinned, for CUDA) in a background thread
+    while the one before it computes: `pread` and pinning release the GIL."""
+    if not order:
+        return
+
+    def load(idx: torch.Tensor) -> torch.Tensor:
+        batch = inputs[idx]
+        return batch.pin_memory() if pin else batch
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(load, order[0])
+        for i, idx in enumerate(order):
+            batch = pending.result()
+            if i + 1 < len(order):
+                pending = pool.submit(load, order[i + 1])
+            yield idx, batch
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, inputs, batch_size: int, runtime: Runtime, prepare: Callable | None = None
+) -> torch.Tensor:
+    """Logits for every input, in order, with the model in eval mode (float32, on the CPU).
+
+    `inputs[idx]` gives CPU batches; `prepare` defaults to `runtime.images` (uint8 images).
+    """
+    model.eval()
+    prepare = prepare or runtime.images
+    out = []
+    order = list(batches(len(inputs), batch_size, None))
+    for _, batch in prefetched(inputs, order, runtime.device.type == "cuda"):
+        with runtime.autocast():
+            out.append(model(prepare(batch)).float())
+    return torch.cat(out).cpu() if out else torch.empty(0)

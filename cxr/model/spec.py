@@ -1,0 +1,87 @@
+"""The model spec: what rebuilds a network, its input pipeline and its decisions, independent of
+params.yaml; and the model a run starts from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cxr.config import Params
+from cxr.data.store import PREPROCESSING
+from cxr.model import decisions
+from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD
+from cxr.model.networks import build_model, freeze
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds the network and its input pipeline; saved in every checkpoint."""
+
+    arch: str
+    classes: tuple[str, ...]
+    task: str  # binary | multiclass | multilabel: the one notion of the task
+    loss: str  # ce: softmax outputs; bce/focal: one sigmoid per class
+    hidden: tuple[int, ...]
+    dropout: float
+    activation: str
+    keep_classifier: bool
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    preprocessing: str  # how a file becomes the uint8 input (cxr.data.store.PREPROCESSING)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return decisions.probabilities(logits, self.loss)
+
+    def decide(self, probs, thresholds=None):
+        """Decisions for probabilities (cxr.model.decisions.decide) under this task and classes."""
+        return decisions.decide(probs, self.classes, self.multilabel, thresholds)
+
+    def build(self, weights: str = "none") -> nn.Module:
+        return build_model(
+            self.arch,
+            len(self.classes),
+            self.hidden,
+            self.dropout,
+            self.image_size,
+            weights=weights,
+            activation=self.activation,
+            keep_classifier=self.keep_classifier,
+        )
+
+
+def spec_from_params(params: Params, classes: tuple[str, ...]) -> ModelSpec:
+    """The spec of the model `params` describe, for a dataset with these classes."""
+    cfg = params.train
+    return ModelSpec(
+        arch=cfg.arch,
+        classes=classes,
+        task=params.data.task,
+        loss=cfg.loss,
+        hidden=tuple(cfg.head.hidden),
+        dropout=cfg.head.dropout,
+        activation=cfg.head.activation,
+        keep_classifier=cfg.head.keep_classifier,
+        image_size=cfg.image_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        preprocessing=PREPROCESSING,
+    )
+
+
+def initial_model(params: Params, classes: tuple[str, ...]) -> tuple[nn.Module, ModelSpec, int]:
+    """The model at epoch 0, frozen per train.freeze: (model, spec, trainable parameter count).
+
+    Initial weights depend on params.seed alone, so the features stage and train build the
+    same backbone.
+    """
+    spec = spec_from_params(params, classes)
+    torch.manual_seed(params.seed)
+    model = spec.build(weights=params.train.weights)
+    return model, spec, freeze(model, params.train.freeze)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cxr.atomic import atomic_dir
 from cxr.config import load_params
 from cxr.data.sources import write_dataset
-from cxr.data.verify import count_images
+from cxr.data.splits import count_images
 from cxr.paths import RAW_DIR
 from cxr.stage import stage
 

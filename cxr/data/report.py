@@ -1,11 +1,28 @@
-"""A readable Markdown report of what `verify` found, written beside metrics/data.json."""
+"""What `verify` found, shaped for its two outputs: metrics/data.json and a readable Markdown report."""
 
 from __future__ import annotations
 
 from cxr.data.verify import VerifyReport
 
 
+def data_metrics(found: VerifyReport) -> dict:
+    """metrics/data.json: images per split and class, leak counts, and the files verify excluded."""
+    counts = found.counts
+    return {
+        "total": sum(sum(c.values()) for c in counts.values()),
+        **{split: {"total": sum(c.values()), **c} for split, c in counts.items()},
+        "duplicate_groups": {
+            "within_split": len(found.duplicates_within),
+            "across_splits": len(found.duplicates_across),
+        },
+        "near_duplicate_pairs": {"within_split": len(found.near_within), "across_splits": len(found.near_across)},
+        "patients_across_splits": len(found.patients_across),
+        "excluded": found.excluded,  # unreadable files skipped by verify.on_corrupt: skip; train/evaluate skip them
+    }
+
+
 def render_report(report: VerifyReport, root: str) -> str:
+    """The Markdown report: counts per split and class, modes, sizes, and every finding by name."""
     classes = sorted({c for per_class in report.counts.values() for c in per_class})
     lines = [f"# Dataset report: {root}", "", "| split | " + " | ".join(classes) + " | total |"]
     lines.append("|---" * (len(classes) + 2) + "|")

@@ -7,9 +7,10 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from cxr.config import DataConfig
-from cxr.data.archives import arrange_splits, safe_extract
+from cxr.data.archives import safe_extract
 from cxr.data.demo import write_demo_dataset
 from cxr.data.images import is_image
+from cxr.data.layout import arrange_splits
 from cxr.data.presets import PRESETS
 from cxr.data.splits import DatasetError
 from cxr.paths import DOWNLOAD_DIR

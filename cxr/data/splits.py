@@ -132,3 +132,18 @@ def scan_split(
             "use data.task: multilabel, or give each image one label"
         )
     return Split(name, tuple(classes), files, np.asarray([classes.index(lb[0]) for _, lb in pairs], dtype=np.int64))
+
+
+def class_counts(pairs: list[tuple[Path, tuple[str, ...]]], classes: tuple[str, ...]) -> dict[str, int]:
+    """Images per class among (file, labels) pairs; an image with two labels counts for both."""
+    return {cls: sum(cls in labels for _, labels in pairs) for cls in classes}
+
+
+def count_images(root: Path) -> dict[str, dict[str, int]]:
+    """Images per class in each split folder present under `root`."""
+    root = Path(root)
+    return {
+        split: class_counts(labelled_files(root / split), split_classes(root / split))
+        for split in SPLITS
+        if (root / split).is_dir()
+    }

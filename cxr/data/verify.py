@@ -1,8 +1,12 @@
-"""Checks that the splits on disk can be trained and scored honestly."""
+"""Checks that the splits on disk can be trained and scored honestly.
+
+One reading pass (`read_split`) decodes every file once into a `FileRecord`; small pure checks
+turn the records into problem messages; `verify_splits` runs them and raises them together.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,21 +15,20 @@ from PIL import Image
 
 from cxr.data.images import pixel_digest
 from cxr.data.near_duplicates import difference_hash, near_pairs
-from cxr.data.splits import SPLITS, DatasetError, labelled_files, split_classes, split_patients
+from cxr.data.splits import SPLITS, DatasetError, class_counts, labelled_files, split_classes, split_patients
 
 
-def _class_counts(pairs: list[tuple[Path, tuple[str, ...]]], classes: tuple[str, ...]) -> dict[str, int]:
-    return {cls: sum(cls in labels for _, labels in pairs) for cls in classes}
+@dataclass
+class FileRecord:
+    """What one reading of an image file found: its pixels' identity, or why it is unusable."""
 
-
-def count_images(root: Path) -> dict[str, dict[str, int]]:
-    """Images per class in each split folder present under `root`."""
-    root = Path(root)
-    return {
-        split: _class_counts(labelled_files(root / split), split_classes(root / split))
-        for split in SPLITS
-        if (root / split).is_dir()
-    }
+    split: str
+    path: Path
+    problem: str = ""  # empty for a usable image
+    mode: str = ""
+    size: tuple[int, int] = (0, 0)
+    digest: str = ""  # of the decoded pixels
+    dhash: np.ndarray | None = None  # perceptual hash
 
 
 @dataclass
@@ -42,6 +45,99 @@ class VerifyReport:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the smallest and largest
     excluded: list[str] = field(default_factory=list)  # unreadable files skipped (verify.on_corrupt: skip)
 
+    @property
+    def leaks(self) -> int:
+        return len(self.duplicates_across) + len(self.near_across) + len(self.patients_across)
+
+
+def read_file(split: str, path: Path, max_pixels: int) -> FileRecord:
+    """Open, size-check (from the header, before decoding) and decode one file."""
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                why = (
+                    f"{img.width}x{img.height} = {img.width * img.height:,} pixels, over "
+                    f"verify.max_pixels={max_pixels:,}; downscale it or raise the limit"
+                )
+                return FileRecord(split, path, why)
+            img.load()
+            return FileRecord(split, path, "", img.mode, img.size, pixel_digest(img), difference_hash(img))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
+        return FileRecord(split, path, f"does not decode ({type(exc).__name__}: {exc})")
+
+
+def read_split(root: Path, split: str, max_pixels: int):
+    """(classes, labelled files, one record per distinct file) of a split; raises DatasetError on its layout."""
+    classes = split_classes(root / split)
+    pairs = labelled_files(root / split)
+    return classes, pairs, [read_file(split, path, max_pixels) for path in sorted({p for p, _ in pairs})]
+
+
+def class_problems(root: Path, class_sets: dict[str, tuple[str, ...]]) -> list[str]:
+    """Splits whose classes differ from train's, or that have fewer than two."""
+    problems, reference = [], class_sets.get("train")
+    for split, classes in class_sets.items():
+        if reference is not None and classes != reference:
+            problems.append(f"{root / split}: classes {list(classes)} differ from train's {list(reference)}")
+        if len(classes) < 2:
+            problems.append(f"{root / split}: needs at least 2 classes, found {list(classes)}")
+    return problems
+
+
+def count_problems(root: Path, counts: dict, files_in: dict[str, int], min_per_class: int, expected: dict) -> list[str]:
+    """Classes below verify.min_per_class, and splits whose size differs from verify.expected."""
+    problems = [
+        f"{root / split / cls}: {n} images, fewer than verify.min_per_class={min_per_class}"
+        for split, per_class in counts.items()
+        for cls, n in per_class.items()
+        if n < min_per_class
+    ]
+    for split, want in (expected or {}).items():
+        if files_in.get(split, 0) != want:
+            problems.append(f"{root / split}: {files_in.get(split, 0)} images, but verify.expected.{split}={want}")
+    return problems
+
+
+def find_copies(root: Path, records: list[FileRecord], near_bits: int, report: VerifyReport) -> None:
+    """Fill the report's identical groups and near-duplicate pairs, within and across splits."""
+    by_digest: dict[str, list[FileRecord]] = defaultdict(list)
+    for r in records:
+        by_digest[r.digest].append(r)
+    for group in by_digest.values():
+        if len(group) > 1:
+            names = [str(r.path.relative_to(root)) for r in group]
+            crosses = len({r.split for r in group}) > 1
+            (report.duplicates_across if crosses else report.duplicates_within).append(names)
+    firsts = [group[0] for group in by_digest.values()]  # exact copies are reported as such, not as near ones
+    if firsts:
+        for i, j in near_pairs(np.stack([r.dhash for r in firsts]), near_bits):
+            names = [str(firsts[k].path.relative_to(root)) for k in (i, j)]
+            (report.near_across if firsts[i].split != firsts[j].split else report.near_within).append(names)
+
+
+def patients_across(root: Path, splits) -> dict[str, list[str]]:
+    """Patient ids (from the splits' labels.csv) found in more than one split."""
+    splits_of_patient: dict[str, list[str]] = defaultdict(list)
+    for split in splits:
+        for patient in split_patients(root / split):
+            splits_of_patient[patient].append(split)
+    return {p: s for p, s in sorted(splits_of_patient.items()) if len(s) > 1}
+
+
+def leak_problem(report: VerifyReport, max_leaks: int, near_bits: int) -> list[str]:
+    """One message listing the leaks across splits, when there are more than verify.max_leaks."""
+    if report.leaks <= max_leaks:
+        return []
+    listed = [" = ".join(g) for g in report.duplicates_across[:20]]
+    listed += [" ~ ".join(g) for g in report.near_across[:20]]
+    listed += [f"patient {p} in {' and '.join(s)}" for p, s in list(report.patients_across.items())[:20]]
+    return [
+        f"{report.leaks} leaks across splits ({len(report.duplicates_across)} images with identical pixels, "
+        f"{len(report.near_across)} near-duplicate pairs (verify.near_duplicate_bits={near_bits}), "
+        f"{len(report.patients_across)} patients), more than verify.max_leaks={max_leaks}; test scores would be "
+        "inflated. Keep each image and each patient in one split:\n    " + "\n    ".join(listed)
+    ]
+
 
 def verify_splits(
     root: Path,
@@ -54,99 +150,40 @@ def verify_splits(
 ) -> VerifyReport:
     """Check the splits under `root`; raise DatasetError listing every problem.
 
-    Problems: a missing split, class sets that differ between splits, a class with fewer
-    than `min_per_class` images in a split, files that do not decode or exceed `max_pixels`, and more than
-    `max_leaks` groups of identical images found in more than one split.
+    Problems: a missing split, class sets that differ between splits, a class with fewer than
+    `min_per_class` images in a split, files that do not decode or exceed `max_pixels`, a split
+    size other than `expected`, and more than `max_leaks` leaks across splits (identical or
+    near-identical images, patients).
     """
     root = Path(root)
     problems: list[str] = []
-    counts: dict[str, dict[str, int]] = {}
-    class_sets = {}
-    by_digest: dict[str, list[tuple[str, Path]]] = defaultdict(list)
-    seen: list[tuple[str, Path, np.ndarray]] = []
-    modes: dict[str, int] = defaultdict(int)
-    unreadable: list[tuple[Path, str]] = []
-    files_in: dict[str, int] = {}  # distinct files per split, for verify.expected
-    excluded: list[str] = []
-    sizes: list[tuple[int, int]] = []
+    class_sets, counts, files_in, records = {}, {}, {}, []
     for split in SPLITS:
         try:
-            class_sets[split] = split_classes(root / split)
-            pairs = labelled_files(root / split)
+            class_sets[split], pairs, found = read_split(root, split, max_pixels)
         except DatasetError as exc:
             problems.append(str(exc))
             continue
-        files_in[split] = len({path for path, _ in pairs})
-        for path in sorted({path for path, _ in pairs}):
-            try:
-                with Image.open(path) as img:
-                    if img.width * img.height > max_pixels:  # checked from the header, before decoding
-                        unreadable.append(
-                            (
-                                path,
-                                f"{img.width}x{img.height} = {img.width * img.height:,} pixels, over "
-                                f"verify.max_pixels={max_pixels:,}; downscale it or raise the limit",
-                            )
-                        )
-                        continue
-                    img.load()
-                    modes[img.mode] += 1
-                    sizes.append(img.size)
-                    digest = pixel_digest(img)
-                    if digest not in by_digest:  # exact copies are reported as such, not as near ones
-                        seen.append((split, path, difference_hash(img)))
-                    by_digest[digest].append((split, path))
-            except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-                unreadable.append((path, f"does not decode ({type(exc).__name__}: {exc})"))
-        bad = {path for path, _ in unreadable} if skip_unreadable else set()
-        counts[split] = _class_counts([(p, lb) for p, lb in pairs if p not in bad], class_sets[split])
-        for cls, n in counts[split].items():
-            if n < min_per_class:
-                problems.append(f"{root / split / cls}: {n} images, fewer than verify.min_per_class={min_per_class}")
-    if skip_unreadable:
-        excluded = [str(path.relative_to(root)) for path, _ in unreadable]
-    else:
-        problems += [f"{path}: {why}" for path, why in unreadable]
+        files_in[split] = len(found)
+        bad = {r.path for r in found if r.problem} if skip_unreadable else set()
+        counts[split] = class_counts([(p, lb) for p, lb in pairs if p not in bad], class_sets[split])
+        records += found
+    unreadable = [r for r in records if r.problem]
+    good = [r for r in records if not r.problem]
+    problems += count_problems(root, counts, files_in, min_per_class, expected or {})
+    if not skip_unreadable:
+        problems += [f"{r.path}: {r.problem}" for r in unreadable]
         problems += ["  (set verify.on_corrupt: skip to exclude and list them instead)"] if unreadable else []
-    reference = class_sets.get("train")
-    for split, classes in class_sets.items():
-        if reference is not None and classes != reference:
-            problems.append(f"{root / split}: classes {list(classes)} differ from train's {list(reference)}")
-        if len(classes) < 2:
-            problems.append(f"{root / split}: needs at least 2 classes, found {list(classes)}")
-    for split, want in (expected or {}).items():
-        have = files_in.get(split, 0)
-        if have != want:
-            problems.append(f"{root / split}: {have} images, but verify.expected.{split}={want}")
-    report = VerifyReport(counts, modes=dict(sorted(modes.items())), excluded=excluded)
-    if sizes:
-        by_area = sorted(sizes, key=lambda wh: wh[0] * wh[1])
+    problems += class_problems(root, class_sets)
+    excluded = [str(r.path.relative_to(root)) for r in unreadable] if skip_unreadable else []
+    report = VerifyReport(counts, modes=dict(sorted(Counter(r.mode for r in good).items())), excluded=excluded)
+    if good:
+        by_area = sorted((r.size for r in good), key=lambda wh: wh[0] * wh[1])
         report.sizes = [by_area[0], by_area[-1]]
-    for group in by_digest.values():
-        if len(group) > 1:
-            names = [str(path.relative_to(root)) for _, path in group]
-            crosses = len({split for split, _ in group}) > 1
-            (report.duplicates_across if crosses else report.duplicates_within).append(names)
-    if seen:
-        for i, j in near_pairs(np.stack([h for _, _, h in seen]), near_bits):
-            names = [str(seen[k][1].relative_to(root)) for k in (i, j)]
-            (report.near_across if seen[i][0] != seen[j][0] else report.near_within).append(names)
-    splits_of_patient: dict[str, list[str]] = defaultdict(list)
-    for split in counts:
-        for patient in split_patients(root / split):
-            splits_of_patient[patient].append(split)
-    report.patients_across = {p: s for p, s in sorted(splits_of_patient.items()) if len(s) > 1}
-    leaks = len(report.duplicates_across) + len(report.near_across) + len(report.patients_across)
-    if leaks > max_leaks:
-        listed = [" = ".join(g) for g in report.duplicates_across[:20]]
-        listed += [" ~ ".join(g) for g in report.near_across[:20]]
-        listed += [f"patient {p} in {' and '.join(s)}" for p, s in list(report.patients_across.items())[:20]]
-        problems.append(
-            f"{leaks} leaks across splits ({len(report.duplicates_across)} images with identical pixels, "
-            f"{len(report.near_across)} near-duplicate pairs (verify.near_duplicate_bits={near_bits}), "
-            f"{len(report.patients_across)} patients), more than verify.max_leaks={max_leaks}; test scores would be "
-            "inflated. Keep each image and each patient in one split:\n    " + "\n    ".join(listed)
-        )
+    find_copies(root, good, near_bits, report)
+    report.patients_across = patients_across(root, counts)
+    problems += leak_problem(report, max_leaks, near_bits)
     if problems:
         raise DatasetError(f"{root}: dataset verification failed:\n  " + "\n  ".join(problems))
     return report
+

@@ -1,0 +1,203 @@
+"""Datasets as they come (split folders, `{class}/file` folders or a root labels.csv) arranged
+into the `{split}/{class}/file` layout every stage reads, splitting where needed."""
+
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cxr.data.archives import ArchiveError
+from cxr.data.images import is_image, pixel_digest
+from cxr.data.near_duplicates import difference_hash, near_pairs
+from cxr.data.splits import LABELS_CSV, SPLITS
+
+# Folder names accepted for each split, compared case-insensitively.
+SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+def _split_dirs(folder: Path) -> dict[str, Path]:
+    found = {}
+    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for split, aliases in SPLIT_ALIASES.items():
+            if child.name.lower() in aliases:
+                if split in found:
+                    raise ArchiveError(
+                        f"{folder}: both {found[split].name!r} and {child.name!r} look like the {split} split"
+                    )
+                found[split] = child
+    return found
+
+
+def _is_class_level(folder: Path) -> bool:
+    """Two or more sub-folders, each holding images directly: a `{class}/file` layout."""
+    dirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+    return len(dirs) >= 2 and all(any(is_image(f) for f in d.iterdir()) for d in dirs)
+
+
+def find_layout(folder: Path) -> dict[str, Path] | Path:
+    """The split folders of a dataset ({split: path}), a root `labels.csv`, or the folder of a
+    `{class}/file` layout with no splits yet. Single wrapping folders are looked through."""
+    current = folder
+    while True:
+        found = _split_dirs(current)
+        if found:
+            missing = [s for s in SPLITS if s not in found]
+            if missing:
+                raise ArchiveError(
+                    f"{current}: found {sorted(p.name for p in found.values())} but no {', '.join(missing)} split; "
+                    f"expected folders named {', '.join('/'.join(SPLIT_ALIASES[s]) for s in SPLITS)} (any case)"
+                )
+            return found
+        if (current / LABELS_CSV).is_file():
+            return current / LABELS_CSV
+        if _is_class_level(current):
+            return current
+        children = [p for p in current.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if len(children) == 1 and children[0].is_dir():
+            current = children[0]
+            continue
+        raise ArchiveError(
+            f"{folder}: neither train/val/test folders nor class folders of images found "
+            "(expected {split}/{class}/file or {class}/file)"
+        )
+
+
+class _Groups:
+    """Union-find over image indices: images sharing pixels or a patient end up in one group."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        self.parent[self.find(j)] = self.find(i)
+
+    def join_by(self, keys: list[str | None]) -> None:
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key is not None:
+                self.union(first.setdefault(key, i), i)
+
+
+def assign_splits(
+    files: list[Path],
+    strata: list[str],
+    patients: list[str | None],
+    val: float,
+    test: float,
+    seed: int,
+    near_bits: int = 8,
+) -> list[str]:
+    """A split name per file: stratified by `strata`, seeded, and never separating files with
+    identical pixels, near-identical ones (perceptual hash within `near_bits`) or one patient."""
+    groups = _Groups(len(files))
+    digests, hashes = [], []
+    for path in files:
+        with Image.open(path) as img:
+            img.load()
+            digests.append(pixel_digest(img))
+            hashes.append(difference_hash(img))
+    groups.join_by(digests)
+    groups.join_by(patients)
+    if hashes:
+        for i, j in near_pairs(np.stack(hashes), near_bits):
+            groups.union(i, j)
+    roots = sorted({groups.find(i) for i in range(len(files))})
+    rng = random.Random(seed)
+    split_of_root = {}
+    for stratum in sorted(set(strata)):
+        members = [r for r in roots if strata[r] == stratum]
+        rng.shuffle(members)
+        n_test, n_val = round(len(members) * test), round(len(members) * val)
+        for i, root in enumerate(members):
+            split_of_root[root] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return [split_of_root[groups.find(i)] for i in range(len(files))]
+
+
+def split_by_fractions(class_root: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8) -> None:
+    """Copy a `{class}/file` layout into `out_dir/{train,val,test}/{class}/`, stratified by class
+    and seeded; identical images (one image filed twice, or under two classes) stay together."""
+    class_dirs = sorted(p for p in class_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [path for d in class_dirs for path in sorted(p for p in d.iterdir() if is_image(p))]
+    splits = assign_splits(files, [p.parent.name for p in files], [None] * len(files), val, test, seed, near_bits)
+    for path, split in zip(files, splits, strict=True):
+        dest = out_dir / split / path.parent.name / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+    for split in SPLITS:  # every split gets every class folder, even if a small class left one empty
+        for d in class_dirs:
+            (out_dir / split / d.name).mkdir(parents=True, exist_ok=True)
+
+
+def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8) -> None:
+    """A root CSV (`path`, `labels` or `label`, optional `patient_id` and `split`) into
+    `out_dir/{split}/images/...` plus a per-split labels.csv. Without a `split` column the split
+    is made here, by patient when patient ids are given."""
+    base = csv_path.parent
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or ())
+        label_col = "labels" if "labels" in columns else "label"
+        if not {"path", label_col} <= columns:
+            raise ArchiveError(f"{csv_path}: needs columns path and label (or labels); found {sorted(columns)}")
+        rows = list(reader)
+    files = []
+    for line, row in enumerate(rows, start=2):
+        path = base / row["path"].strip()
+        if not path.is_file():
+            raise ArchiveError(f"{csv_path}:{line}: {row['path']!r} does not exist")
+        files.append(path)
+    labels = [row[label_col].strip() for row in rows]
+    patients = [(row.get("patient_id") or "").strip() or None for row in rows]
+    if "split" in columns:
+        alias = {a: s for s, names in SPLIT_ALIASES.items() for a in names}
+        splits = []
+        for line, row in enumerate(rows, start=2):
+            name = row["split"].strip().lower()
+            if name not in alias:
+                raise ArchiveError(f"{csv_path}:{line}: split {row['split']!r} is not one of train/val/test")
+            splits.append(alias[name])
+    else:
+        splits = assign_splits(files, [lb.split(";")[0] for lb in labels], patients, val, test, seed, near_bits)
+    written: dict[str, list[list[str]]] = {s: [] for s in SPLITS}
+    for path, label, patient, split in zip(files, labels, patients, splits, strict=True):
+        rel = Path("images") / path.relative_to(base)
+        dest = out_dir / split / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+        written[split].append([rel.as_posix(), label, patient or ""])
+    for split, table in written.items():
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+        with (out_dir / split / LABELS_CSV).open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "labels", "patient_id"])
+            writer.writerows(table)
+
+
+def arrange_splits(
+    source: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8, move: bool = False
+) -> str:
+    """Put `source`'s dataset into `out_dir/{train,val,test}`; return which layout was found."""
+    layout = find_layout(source)
+    if isinstance(layout, Path) and layout.is_file():
+        split_csv_dataset(layout, out_dir, val, test, seed, near_bits)
+        return f"CSV layout ({layout.name}), split by patient where ids are given (seed {seed})"
+    if isinstance(layout, Path):
+        split_by_fractions(layout, out_dir, val, test, seed, near_bits)
+        return f"{{class}}/file layout, split {1 - val - test:.2f}/{val:.2f}/{test:.2f} by class (seed {seed})"
+    for split, folder in layout.items():
+        if move:
+            shutil.move(str(folder), str(out_dir / split))
+        else:
+            shutil.copytree(folder, out_dir / split)
+    return "{split}/{class}/file layout (" + ", ".join(f"{s}={p.name}" for s, p in layout.items()) + ")"

@@ -80,10 +80,14 @@ def test_unreadable_files_are_named(tmp_path):
 def test_allowed_names_match_what_the_code_builds():
     from typing import get_args
 
-    from cxr.config import HeadConfig, ScheduleConfig, TrainConfig
+    from cxr.config import PRESET_NAMES, HeadConfig, ScheduleConfig, TrainConfig
+    from cxr.data.presets import PRESETS
+    from cxr.model.architectures import ARCHS as ARCHITECTURES
     from cxr.model.networks import ACTIVATIONS
     from cxr.train.optim import OPTIMIZERS, SCHEDULES
 
     assert set(get_args(HeadConfig.model_fields["activation"].annotation)) == set(ACTIVATIONS)
     assert set(get_args(TrainConfig.model_fields["optimizer"].annotation)) == set(OPTIMIZERS)
     assert set(get_args(ScheduleConfig.model_fields["name"].annotation)) == set(SCHEDULES)
+    assert get_args(TrainConfig.model_fields["arch"].annotation) == ARCHITECTURES  # same names, same order
+    assert set(PRESET_NAMES) == set(PRESETS)

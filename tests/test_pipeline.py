@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, tiny_params_dict
+from tests.test_dependencies import stage_code
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +89,27 @@ def test_repro_builds_everything_then_nothing(repo):
     assert "up to date" in out
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "baseline")
+
+
+@pytest.mark.parametrize(
+    "module", ["cxr/config.py", "cxr/data/images.py", "cxr/model/decisions.py", "cxr/train/loop.py"]
+)
+def test_editing_an_imported_module_reruns_exactly_its_importers(repo, module):
+    """dvc status names a stage as changed exactly when the edited module is in its import closure."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    importers = {name for name, (closure, _) in stage_code(repo).items() if module in closure}
+    assert importers, module
+    path = repo / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        _, out = dvc(repo, "status")
+    finally:
+        path.write_text(original)
+    changed = {
+        line.rstrip(":").strip() for line in out.splitlines() if line.rstrip().endswith(":") and not line[0].isspace()
+    }
+    assert changed & set(stages) == importers, out
 
 
 def test_changing_lr_reruns_train_and_evaluate_only(repo):

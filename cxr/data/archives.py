@@ -44,5 +44,3 @@ def safe_extract(archive: Path, target: Path) -> None:
             raise ArchiveError(f"{archive}: unsupported archive type; use .zip, .tar, .tar.gz or .tgz")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise ArchiveError(f"{archive}: not a readable archive ({exc})") from exc
-
-

@@ -186,4 +186,3 @@ def verify_splits(
     if problems:
         raise DatasetError(f"{root}: dataset verification failed:\n  " + "\n  ".join(problems))
     return report
-

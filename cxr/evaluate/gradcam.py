@@ -43,7 +43,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str)
     try:
         model.eval()
         with torch.enable_grad():
-            logits = model(x)
+            logits = model(x.detach().requires_grad_(True))  # the map has a gradient even with frozen layers
             score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
             (grads,) = torch.autograd.grad(score, captured["a"])
     finally:

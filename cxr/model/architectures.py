@@ -27,7 +27,8 @@ class Family:
 FAMILIES: dict[str, Family] = {  # keyed by torchvision's class name
     "ResNet": Family(("resnet18", "resnet50"), head="fc", last_layer="", gradcam="layer4"),
     "VGG": Family(("vgg16",), head="classifier", last_layer="classifier.6", gradcam="features", indexed="features"),
-    "DenseNet": Family(("densenet121",), head="classifier", last_layer="", gradcam="features", indexed="features"),
+    # DenseNet names its feature layers (features.denseblock1, ...): no integer freeze entries
+    "DenseNet": Family(("densenet121",), head="classifier", last_layer="", gradcam="features"),
     "EfficientNet": Family(
         ("efficientnet_b0", "efficientnet_v2_s"),
         head="classifier",

@@ -137,7 +137,7 @@ def is_frozen(model: nn.Module, mode: str | Sequence[str | int]) -> Callable[[st
 
     `none`: nothing; `backbone`: everything but the new head; `head`: the new head only; a list:
     those modules, where an integer i means the family's indexed container (`features.i` for
-    VGG/DenseNet/EfficientNet/MobileNet/ConvNeXt/Swin). Every entry must match a parameter.
+    VGG/EfficientNet/MobileNet/ConvNeXt/Swin). Every entry must match a parameter.
     """
     head = head_name(model)
     if mode == "none":

@@ -22,6 +22,10 @@ from tests.test_fast_paths import _test_scores
 TOLERANCE = 0.05
 
 
+def _column(tsv) -> list[float]:
+    return [float(line.split("\t")[1]) for line in tsv.read_text().splitlines()[1:]]
+
+
 def _params(**train) -> dict:
     raw = tiny_params_dict(epochs=3, batch_size=8, **train)
     raw["data"]["demo"].update(train_per_class=24, val_per_class=12, test_per_class=30)
@@ -47,12 +51,21 @@ def test_two_processes_reach_the_metrics_of_one(tmp_path, freeze):
     assert run.stdout.count("train: best epoch") == 1  # only the first process reports
     assert "2 processes" in run.stdout
 
-    single, double = _test_scores(tmp_path / "one"), _test_scores(work)
-    assert double["accuracy"] == pytest.approx(single["accuracy"], abs=TOLERANCE)
-    assert double["f1_macro"] == pytest.approx(single["f1_macro"], abs=TOLERANCE)
     summary = json.loads((work / "metrics/train/metrics.json").read_text())
     assert summary["best"]["epoch"] >= 1 and summary["step"] == 2
-    assert abs(summary["best"]["val_f1"] - one["val_f1"]) <= TOLERANCE
+    curves = "metrics/train/plots/metrics"
+    assert (work / curves / "lr.tsv").read_text() == (tmp_path / "one" / curves / "lr.tsv").read_text()
+    if freeze == "backbone":  # BatchNorm frozen: the runs differ by float rounding only
+        single, double = _test_scores(tmp_path / "one"), _test_scores(work)
+        assert double["accuracy"] == pytest.approx(single["accuracy"], abs=TOLERANCE)
+        assert double["f1_macro"] == pytest.approx(single["f1_macro"], abs=TOLERANCE)
+        assert abs(summary["best"]["val_f1"] - one["val_f1"]) <= TOLERANCE
+    else:
+        # BatchNorm trains on each process's half batch, so 3 epochs from scratch on 48 images
+        # (near chance) can end on either side of a decision; the same batches and steps show in
+        # the training loss, which stays close epoch by epoch
+        losses = [_column(root / curves / "train/loss.tsv") for root in (tmp_path / "one", work)]
+        assert all(abs(a - b) <= 0.15 * a for a, b in zip(*losses, strict=True)), losses
     # one set of dvclive files: each epoch logged once
     assert (work / "metrics/train/plots/metrics/train/loss.tsv").read_text().count("\n") == 1 + 3
     assert sorted(p.name for p in (work / "metrics").iterdir()) == ["train"]

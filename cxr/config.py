@@ -149,6 +149,7 @@ class ScheduleConfig(_Section):
     name: Literal["constant", "step", "cosine"]
     milestones: list[PositiveInt]
     factor: Annotated[float, Field(gt=0.0, le=1000.0)]
+    warmup: Annotated[int, Field(ge=0, le=1000)]
 
     @model_validator(mode="after")
     def _milestones_for_step(self):
@@ -182,6 +183,10 @@ class TrainConfig(_Section):
     nesterov: bool
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)]
     schedule: ScheduleConfig
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)]
+    class_weights: Literal["none", "balanced"]
+    ema: Annotated[float, Field(ge=0.0, lt=1.0)]
+    patience: Annotated[int, Field(ge=0)]
     batch_size: PositiveInt
     epochs: PositiveInt
     precision: Literal["auto", "fp32", "bf16"]
@@ -217,6 +222,7 @@ class EvaluateConfig(_Section):
     bootstrap: Annotated[int, Field(ge=0, le=100_000)]
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
     grid_images: Annotated[int, Field(ge=0, le=64)]
+    tta: Literal["none", "hflip"]
 
     @field_validator("threshold")
     @classmethod

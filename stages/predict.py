@@ -35,6 +35,7 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model, spec, _ = load_checkpoint(args.model)
+    thresholds, tta = load_decision_thresholds(args.metrics, args.model)
     found = find_images(args.paths)
     problems = list(found.problems)
     files, parts = [], []
@@ -43,14 +44,13 @@ def run(argv: list[str] | None = None) -> int:
         problems += unreadable
         if good:
             files += good
-            parts.append(predict_files(model, spec, pixels))
+            parts.append(predict_files(model, spec, pixels, tta=tta))
     for path, why in problems:
         print(f"predict: skipped {path}: {why}", file=sys.stderr)
     if not files:
         print("predict: no readable images among the given paths", file=sys.stderr)
         return 1
     probs = np.concatenate(parts)
-    thresholds = load_decision_thresholds(args.metrics, args.model)
     decisions, used = decide(spec, probs, thresholds)
     source = f"fitted by evaluate ({args.metrics})" if thresholds else "default"
     where = ", ".join(f"{c} {t:.3f}" for c, t in used.items()) or "argmax"

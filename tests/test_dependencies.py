@@ -85,7 +85,7 @@ def test_stage_deps_are_its_import_closure(stage):
     missing, extra = sorted(closure - deps), sorted(deps - closure)
     assert not missing and not extra, (
         f"dvc.yaml stage {stage!r}: add to deps {missing} (imported, so a change must rerun it); "
-        f"remove from deps {extra} (not imported)"
+        f"remove from deps {extra} (not imported); `python -m tests.sync_deps` rewrites them"
     )
 
 

@@ -149,7 +149,7 @@ def _train_cfg(**overrides):
 
 def test_step_schedule_raises_lr_after_milestone_and_cosine_decays():
     model = nn.Linear(2, 2)
-    cfg = _train_cfg(lr=1e-4, schedule={"name": "step", "milestones": [2], "factor": 10.0})
+    cfg = _train_cfg(lr=1e-4, schedule={"name": "step", "milestones": [2], "factor": 10.0, "warmup": 0})
     opt = make_optimizer(model.parameters(), cfg)
     sched = make_schedule(opt, cfg.schedule, 4)
     lrs = []
@@ -158,7 +158,7 @@ def test_step_schedule_raises_lr_after_milestone_and_cosine_decays():
         opt.step()  # no gradients: keeps the scheduler from warning about call order
         sched.step()
     assert lrs == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
-    cfg = _train_cfg(schedule={"name": "cosine", "milestones": [], "factor": 0.1}, optimizer="adamw", momentum=0.0)
+    cfg = _train_cfg(schedule={"name": "cosine", "milestones": [], "factor": 0.1, "warmup": 0}, optimizer="adamw", momentum=0.0)
     opt = make_optimizer(model.parameters(), cfg)
     assert isinstance(opt, torch.optim.AdamW)
     sched = make_schedule(opt, cfg.schedule, 4)

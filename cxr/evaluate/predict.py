@@ -16,7 +16,7 @@ from cxr.data.images import IMAGE_SUFFIXES
 from cxr.data.store import PREPROCESSING, decode_image
 from cxr.model.checkpoint import CheckpointError
 from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes, thresholded
-from cxr.model.inference import Runtime, predict_logits
+from cxr.model.inference import Runtime, predict_probabilities
 from cxr.model.spec import ModelSpec
 
 
@@ -78,15 +78,16 @@ def decide(
     return names, {c: given.get(c, DEFAULT_THRESHOLD) for c in screened}
 
 
-def predict_files(model, spec: ModelSpec, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def predict_files(model, spec: ModelSpec, pixels: np.ndarray, batch_size: int = 32, tta: str = "none") -> np.ndarray:
+    """Class probabilities of decoded images (N, 3, S, S), with `tta` as `evaluate.tta`."""
     if spec.preprocessing != PREPROCESSING:
         raise CheckpointError(
             f"checkpoint preprocessing {spec.preprocessing!r} is not this version's {PREPROCESSING!r}"
         )
     runtime = Runtime.select()
     runtime.prepare_model(model)
-    logits = predict_logits(model, torch.from_numpy(pixels), batch_size, runtime)
-    return spec.probabilities(logits).numpy().astype(np.float64)
+    probs = predict_probabilities(model, torch.from_numpy(pixels), batch_size, runtime, spec.probabilities, tta)
+    return probs.numpy().astype(np.float64)
 
 
 def render(files: Sequence[Path], probs: np.ndarray, decisions: Sequence[str], classes, fmt: str) -> str:

@@ -23,7 +23,7 @@ from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
 from cxr.model.checkpoint import load_checkpoint
 from cxr.model.decisions import screened_classes, thresholded
-from cxr.model.inference import Runtime, predict_logits
+from cxr.model.inference import Runtime, predict_probabilities
 from cxr.model.spec import ModelSpec
 
 
@@ -111,8 +111,8 @@ def evaluate(
         raise StoreError(f"{store_dir}: classes {list(test.classes)} differ from the model's {list(spec.classes)}")
 
     def probs_of(split: SplitStore) -> np.ndarray:
-        logits = predict_logits(model, split, cfg.batch_size, runtime)
-        return spec.probabilities(logits).numpy().astype(np.float64)  # JSON-friendly floats
+        probs = predict_probabilities(model, split, cfg.batch_size, runtime, spec.probabilities, cfg.tta)
+        return probs.numpy().astype(np.float64)  # JSON-friendly floats
 
     val_probs, probs = probs_of(val), probs_of(test)
     rule = ThresholdRule(cfg.threshold)
@@ -132,6 +132,7 @@ def evaluate(
     scores["screening"] = screening
     scores["checkpoint_epoch"] = checkpoint["epoch"]
     scores["model_sha256"] = sha256_of(Path(model_path))  # lets `stages.predict` reuse these thresholds
+    scores["tta"] = cfg.tta  # ... and the test-time augmentation they were fitted with
     write_json(metrics_path, scores)
     write_predictions(predictions_path, test, probs, preds, spec.classes)
 
@@ -147,11 +148,13 @@ def evaluate(
     return scores
 
 
-def load_decision_thresholds(metrics_path: Path, model_path: Path) -> dict[str, float | None] | None:
-    """The thresholds `evaluate` fitted for this very checkpoint, if its metrics file says so."""
+def load_decision_thresholds(metrics_path: Path, model_path: Path) -> tuple[dict[str, float | None] | None, str]:
+    """The thresholds `evaluate` fitted for this very checkpoint and the test-time augmentation they
+    were fitted with, if its metrics file says so; else (None, "none")."""
     if not Path(metrics_path).is_file():
-        return None
+        return None, "none"
     scores = json.loads(Path(metrics_path).read_text())
     if scores.get("model_sha256") != sha256_of(Path(model_path)):
-        return None
-    return {cls: report.get("threshold") for cls, report in scores.get("screening", {}).items()}
+        return None, "none"
+    thresholds = {cls: report.get("threshold") for cls, report in scores.get("screening", {}).items()}
+    return thresholds, scores.get("tta", "none")

@@ -23,8 +23,9 @@ class ResumeError(PipelineError, RuntimeError):
     """models/last.pt does not belong to the run being resumed."""
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def _cpu_state(model: nn.Module | dict) -> dict[str, torch.Tensor]:
+    state = model if isinstance(model, dict) else model.state_dict()
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def _save(path: Path | str, payload: dict) -> None:
@@ -34,8 +35,9 @@ def _save(path: Path | str, payload: dict) -> None:
         torch.save(payload, f)
 
 
-def save_checkpoint(path: Path | str, model: nn.Module, spec: ModelSpec, **extra) -> None:
-    """Write weights (on the CPU) and spec atomically: a crash leaves the previous file intact."""
+def save_checkpoint(path: Path | str, model: nn.Module | dict, spec: ModelSpec, **extra) -> None:
+    """Write weights (a model or its state dict; on the CPU) and spec atomically: a crash leaves the
+    previous file intact."""
     _save(path, {"format": FORMAT_VERSION, "spec": asdict(spec), "model": _cpu_state(model), **extra})
 
 
@@ -67,6 +69,7 @@ def save_training_state(path: Path | str, run, epoch: int, best: dict, signature
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(),
+            "average": run.fit.average.state_dict(),
             "epoch": epoch,  # epochs finished; also the next dvclive step
             "best": best,
             "signature": signature,
@@ -98,6 +101,7 @@ def restore_training_state(path: Path | str, run, signature: dict) -> tuple[int,
     run.scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
+    run.fit.average.load_state_dict(state.get("average", {}))
     torch.set_rng_state(state["torch_rng"])
     run.generator.set_state(state["batch_rng"])
     if state["cuda_rng"]:

@@ -136,3 +136,21 @@ def predict_logits(
         with runtime.autocast():
             out.append(model(prepare(batch)).float())
     return torch.cat(out).cpu() if out else torch.empty(0)
+
+
+# Test-time augmentation: each view is a function of the uint8 batch (B, C, H, W) before preparation.
+TTA_VIEWS = {"none": (lambda b: b,), "hflip": (lambda b: b, lambda b: b.flip(-1))}
+
+
+def predict_probabilities(
+    model: nn.Module, inputs, batch_size: int, runtime: Runtime, to_probs: Callable, tta: str = "none"
+) -> torch.Tensor:
+    """Class probabilities for every image, averaged over the `evaluate.tta` views of each
+    (`to_probs` turns logits into probabilities, e.g. ModelSpec.probabilities)."""
+    views = TTA_VIEWS[tta]
+    total = None
+    for view in views:
+        logits = predict_logits(model, inputs, batch_size, runtime, lambda b, v=view: runtime.images(v(b)))
+        probs = to_probs(logits)
+        total = probs if total is None else total + probs
+    return total / len(views)

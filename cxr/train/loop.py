@@ -17,6 +17,7 @@ from tqdm import tqdm
 from cxr.errors import PipelineError
 from cxr.model.inference import Runtime, batches, predict_logits, prefetched
 from cxr.model.networks import train_mode
+from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed, Rows
 
 SINGLE = Distributed()  # one process
@@ -78,6 +79,16 @@ class Fit:
     scaler: torch.amp.GradScaler
     freeze_mode: str | list = "none"
     dist: Distributed = field(default_factory=Distributed)
+    average: WeightAverage | None = None  # train.ema; None = off
+
+    def __post_init__(self):
+        if self.average is None:
+            self.average = WeightAverage(self.model, 0.0)
+
+    @property
+    def scored(self) -> nn.Module:
+        """What validation scores and the checkpoint keeps: the weight average, or the trained model."""
+        return self.average.module(self.model)
 
 
 def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray) -> EpochResult:
@@ -101,6 +112,7 @@ def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tor
     fit.scaler.scale(loss).backward()
     fit.scaler.step(fit.optimizer)
     fit.scaler.update()
+    fit.average.update(fit.model)
     return loss, logits
 
 
@@ -139,10 +151,10 @@ def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generat
 
 
 def evaluate_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int) -> EpochResult:
-    """Loss, accuracy and F1 of `fit.model` over all inputs; under `fit.dist`, each process scores a share."""
+    """Loss, accuracy and F1 of `fit.scored` over all inputs; under `fit.dist`, each process scores a share."""
     dist = fit.dist
     mine = dist.share(torch.arange(len(inputs)))
     rows = Rows(inputs, mine) if dist.active else inputs
-    logits = dist.gather_rows(predict_logits(fit.model, rows, batch_size, fit.runtime, fit.prepare_eval), len(inputs))
+    logits = dist.gather_rows(predict_logits(fit.scored, rows, batch_size, fit.runtime, fit.prepare_eval), len(inputs))
     loss = fit.loss_fn(logits, labels).item() * len(labels)
     return summarize(loss, labels.numpy(), fit.decide(logits).numpy())

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from cxr.config import ScheduleConfig, TrainConfig
+from cxr.errors import ConfigError
 
 OPTIMIZERS = {
     "sgd": lambda params, c: torch.optim.SGD(
@@ -30,4 +31,17 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> to
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, epochs: int):
-    return SCHEDULES[schedule.name](optimizer, schedule, epochs)
+    """The named schedule, after `schedule.warmup` epochs of linear warm-up when asked.
+
+    Warm-up starts at lr / (warmup + 1) and reaches lr at epoch warmup + 1; the schedule then runs
+    over the remaining epochs (cosine reaches 0 at the last one; step milestones stay absolute epochs).
+    """
+    w = schedule.warmup
+    if w == 0:
+        return SCHEDULES[schedule.name](optimizer, schedule, epochs)
+    if w >= epochs:
+        raise ConfigError(f"train.schedule.warmup: {w} epochs of warm-up leave none of train.epochs={epochs}")
+    after = schedule.model_copy(update={"milestones": [m - w for m in schedule.milestones if m > w]})
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (w + 1), total_iters=w)
+    main = SCHEDULES[schedule.name](optimizer, after, epochs - w)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[w])

@@ -17,11 +17,12 @@ from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
 from cxr.model.checkpoint import ResumeError, restore_training_state, save_checkpoint, save_training_state
 from cxr.model.inference import Runtime
-from cxr.model.losses import make_loss
+from cxr.model.losses import balanced_class_weights, make_loss
 from cxr.model.networks import head_name
 from cxr.model.spec import ModelSpec, initial_model
 from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LIVE_DIR
 from cxr.train.augment import augment_batch, is_active
+from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed
 from cxr.train.features import cache_applies, load_features
 from cxr.train.loop import EpochResult, Fit, evaluate_epoch, release_large_blocks, seed_everything, train_epoch
@@ -99,13 +100,16 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
     cached = prepare is None  # only the head runs: the backbone's output is cached
     net = model.get_submodule(head_name(model)) if cached else model
     runtime.prepare_model(model)
+    weights = (
+        balanced_class_weights(data["train"][1].numpy(), len(classes)) if cfg.class_weights == "balanced" else None
+    )
     step_net = dist.wrap(net)  # DistributedDataParallel under torchrun: gradients averaged over processes
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), cfg)
     fit = Fit(
         net=torch.compile(step_net) if cfg.compile else step_net,
         model=net,
         optimizer=optimizer,
-        loss_fn=make_loss(cfg.loss, len(classes), cfg.focal.alpha, cfg.focal.gamma),
+        loss_fn=make_loss(cfg.loss, len(classes), cfg.focal.alpha, cfg.focal.gamma, cfg.label_smoothing, weights),
         decide=lambda logits: spec.decide(spec.probabilities(logits)),
         runtime=runtime,
         prepare=runtime.features if cached else prepare,
@@ -113,6 +117,7 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
         scaler=runtime.grad_scaler(),
         freeze_mode="none" if cached else cfg.freeze,
         dist=dist,
+        average=WeightAverage(net, cfg.ema),
     )
     run = Run(params, spec, model, fit, make_schedule(optimizer, cfg.schedule, cfg.epochs), generator, data, trainable)
     run.say(f"train: {note}")
@@ -173,6 +178,25 @@ def is_better(val: EpochResult, best: dict | None) -> bool:
     return best is None or (val.f1, -val.loss) > (best["val_f1"], -best["val_loss"])
 
 
+def stalled(run: Run, epoch: int, best: dict) -> bool:
+    """`train.patience`: no better val macro F1 for that many epochs (early stopping)."""
+    patience = run.params.train.patience
+    if patience and epoch + 1 - best["epoch"] >= patience and epoch + 1 < run.params.train.epochs:
+        run.say(f"train: no better val F1 for {patience} epochs (train.patience); stopping after epoch {epoch + 1}")
+        return True
+    return False
+
+
+def scored_state(run: Run) -> dict:
+    """The weights the checkpoint keeps: with train.ema, the trained part replaced by its average."""
+    state = run.model.state_dict()
+    if run.fit.scored is run.fit.model:
+        return state
+    prefix = "" if run.fit.model is run.model else head_name(run.model) + "."
+    state.update({prefix + k: v for k, v in run.fit.scored.state_dict().items()})
+    return state
+
+
 def _open_log(run: Run, live_dir: Path, start: int):
     if not run.fit.dist.is_main:
         return contextlib.nullcontext(_Silent())
@@ -206,10 +230,12 @@ def train(
                 if is_better(val, best):
                     best = {"epoch": epoch + 1, "val_f1": val.f1, "val_loss": val.loss, "val_accuracy": val.accuracy}
                     if dist.is_main:
-                        save_checkpoint(model_path, run.model, run.spec, **best)
+                        save_checkpoint(model_path, scored_state(run), run.spec, **best)
                 live.next_step()
                 if dist.is_main:
                     save_training_state(last_path, run, epoch + 1, best, signature)
+                if stalled(run, epoch, best):
+                    break
             live.summary.setdefault("best", {}).update({k: best[k] for k in ("epoch", "val_f1", "val_accuracy")})
         run.say(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")
         return best

@@ -131,6 +131,8 @@ class VerifyConfig(_Section):
     near_duplicate_bits: Annotated[int, Field(ge=0, le=64)]
     expected: dict[Literal["train", "val", "test"], Annotated[int, Field(ge=0)]]
     on_corrupt: Literal["fail", "skip"]
+    max_shortcut_accuracy: UnitFloat
+    on_shortcut: Literal["warn", "fail"]
 
 
 class HeadConfig(_Section):

@@ -7,6 +7,8 @@ from pathlib import Path
 from cxr.atomic import write_json, write_text
 from cxr.config import Params, load_params
 from cxr.data.report import data_metrics, render_report
+from cxr.data.shortcuts import audit
+from cxr.data.splits import DatasetError
 from cxr.data.verify import verify_splits
 from cxr.paths import DATA_METRICS, DATA_REPORT, RAW_DIR
 from cxr.stage import stage
@@ -19,9 +21,19 @@ def verify(params: Params, raw_dir: Path = RAW_DIR, metrics: Path = DATA_METRICS
         raw_dir, v.min_per_class, v.max_leaks, v.max_pixels, v.near_duplicate_bits, dict(v.expected),
         v.on_corrupt == "skip",
     )  # fmt: skip
-    shaped = data_metrics(found)
+    shortcut = audit(found.appearance, params.seed)
+    shaped = data_metrics(found, shortcut)
     write_json(metrics, shaped)
-    write_text(report, render_report(found, str(raw_dir)))
+    write_text(report, render_report(found, str(raw_dir), shortcut, v.max_shortcut_accuracy))
+    if shortcut and shortcut["balanced_accuracy"] > v.max_shortcut_accuracy:
+        loud = (
+            f"verify: SHORTCUT: the labels can be predicted without looking at the lungs: image properties alone "
+            f"reach balanced accuracy {shortcut['balanced_accuracy']:.3f} (chance {shortcut['chance']:.3f}), "
+            f"most of all `{shortcut['most_telling']}`; see {report}"
+        )
+        if v.on_shortcut == "fail":
+            raise DatasetError(loud + " (verify.on_shortcut: fail)")
+        print(loud)
     for kind, groups in (("within a split", found.duplicates_within), ("across splits", found.duplicates_across)):
         for group in groups:
             print(f"verify: identical images {kind}: {' = '.join(group)}")

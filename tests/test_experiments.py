@@ -158,7 +158,9 @@ def test_step_schedule_raises_lr_after_milestone_and_cosine_decays():
         opt.step()  # no gradients: keeps the scheduler from warning about call order
         sched.step()
     assert lrs == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
-    cfg = _train_cfg(schedule={"name": "cosine", "milestones": [], "factor": 0.1, "warmup": 0}, optimizer="adamw", momentum=0.0)
+    cfg = _train_cfg(
+        schedule={"name": "cosine", "milestones": [], "factor": 0.1, "warmup": 0}, optimizer="adamw", momentum=0.0
+    )
     opt = make_optimizer(model.parameters(), cfg)
     assert isinstance(opt, torch.optim.AdamW)
     sched = make_schedule(opt, cfg.schedule, 4)

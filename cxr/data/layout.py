@@ -14,7 +14,7 @@ from PIL import Image
 from cxr.data.archives import ArchiveError
 from cxr.data.images import is_image, pixel_digest
 from cxr.data.near_duplicates import difference_hash, near_pairs
-from cxr.data.splits import LABELS_CSV, SPLITS
+from cxr.data.splits import LABELS_CSV, METADATA, SPLITS
 
 # Folder names accepted for each split, compared case-insensitively.
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -140,7 +140,7 @@ def split_by_fractions(class_root: Path, out_dir: Path, val: float, test: float,
 
 
 def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8) -> None:
-    """A root CSV (`path`, `labels` or `label`, optional `patient_id` and `split`) into
+    """A root CSV (`path`, `labels` or `label`, optional `patient_id`, `source` and `split`) into
     `out_dir/{split}/images/...` plus a per-split labels.csv. Without a `split` column the split
     is made here, by patient when patient ids are given."""
     base = csv_path.parent
@@ -159,6 +159,8 @@ def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, se
         files.append(path)
     labels = [row[label_col].strip() for row in rows]
     patients = [(row.get("patient_id") or "").strip() or None for row in rows]
+    # kept for verify's shortcut audit
+    extra = [[(row.get(k) or "").strip() for k in METADATA[1:]] for row in rows]
     if "split" in columns:
         alias = {a: s for s, names in SPLIT_ALIASES.items() for a in names}
         splits = []
@@ -170,17 +172,17 @@ def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, se
     else:
         splits = assign_splits(files, [lb.split(";")[0] for lb in labels], patients, val, test, seed, near_bits)
     written: dict[str, list[list[str]]] = {s: [] for s in SPLITS}
-    for path, label, patient, split in zip(files, labels, patients, splits, strict=True):
+    for path, label, patient, more, split in zip(files, labels, patients, extra, splits, strict=True):
         rel = Path("images") / path.relative_to(base)
         dest = out_dir / split / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest)
-        written[split].append([rel.as_posix(), label, patient or ""])
+        written[split].append([rel.as_posix(), label, patient or "", *more])
     for split, table in written.items():
         (out_dir / split).mkdir(parents=True, exist_ok=True)
         with (out_dir / split / LABELS_CSV).open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "labels", "patient_id"])
+            writer.writerow(["path", "labels", *METADATA])
             writer.writerows(table)
 
 

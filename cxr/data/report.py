@@ -5,9 +5,13 @@ from __future__ import annotations
 from cxr.data.verify import VerifyReport
 
 
-def data_metrics(found: VerifyReport) -> dict:
-    """metrics/data.json: images per split and class, leak counts, and the files verify excluded."""
+def data_metrics(found: VerifyReport, shortcut: dict | None = None) -> dict:
+    """metrics/data.json: images per split and class, leak counts, the files verify excluded and the
+    shortcut audit's headline (cxr.data.shortcuts.audit)."""
     counts = found.counts
+    headline = {k: (shortcut or {}).get(k) for k in ("balanced_accuracy", "chance", "most_telling")}
+    if shortcut:
+        headline["most_telling_accuracy"] = shortcut["per_property"][shortcut["most_telling"]]
     return {
         "total": sum(sum(c.values()) for c in counts.values()),
         **{split: {"total": sum(c.values()), **c} for split, c in counts.items()},
@@ -18,11 +22,39 @@ def data_metrics(found: VerifyReport) -> dict:
         "near_duplicate_pairs": {"within_split": len(found.near_within), "across_splits": len(found.near_across)},
         "patients_across_splits": len(found.patients_across),
         "excluded": found.excluded,  # unreadable files skipped by verify.on_corrupt: skip; train/evaluate skip them
+        "shortcut": headline,
     }
 
 
-def render_report(report: VerifyReport, root: str) -> str:
-    """The Markdown report: counts per split and class, modes, sizes, and every finding by name."""
+def render_shortcuts(audit: dict, limit: float) -> list[str]:
+    """The shortcut audit as Markdown: the verdict, per-property scores and per-class medians and sources."""
+    if not audit:
+        return []
+    verdict = (
+        f"**The labels can be predicted without looking at the lungs** (balanced accuracy "
+        f"{audit['balanced_accuracy']:.3f} > verify.max_shortcut_accuracy={limit}); the most telling property is "
+        f"`{audit['most_telling']}`. Scores on this data may measure the source, not the disease."
+        if audit["balanced_accuracy"] > limit
+        else f"No strong shortcut: balanced accuracy {audit['balanced_accuracy']:.3f} (chance {audit['chance']:.3f})."
+    )
+    classes = list(audit["medians"])
+    lines = ["", "## Shortcut audit", "", verdict, ""]
+    lines += [
+        "A classifier on image properties alone (no pixels of the lungs), cross-validated in 5 folds grouped",
+        "by patient: balanced accuracy per property, and per-class medians (width and height are the",
+        "original size where labels.csv gives it).",
+        "",
+        "| property | balanced accuracy alone | " + " | ".join(f"median {c}" for c in classes) + " |",
+        "|---" * (2 + len(classes)) + "|",
+    ]
+    for prop, score in audit["per_property"].items():
+        lines.append(f"| {prop} | {score} | " + " | ".join(f"{audit['medians'][c][prop]:g}" for c in classes) + " |")
+    lines += ["", "Sources per class: " + "; ".join(f"{c}: {audit['sources'][c]}" for c in classes)]
+    return lines
+
+
+def render_report(report: VerifyReport, root: str, audit: dict | None = None, limit: float = 1.0) -> str:
+    """The Markdown report: counts per split and class, modes, sizes, every finding by name, the shortcut audit."""
     classes = sorted({c for per_class in report.counts.values() for c in per_class})
     lines = [f"# Dataset report: {root}", "", "| split | " + " | ".join(classes) + " | total |"]
     lines.append("|---" * (len(classes) + 2) + "|")
@@ -43,4 +75,5 @@ def render_report(report: VerifyReport, root: str) -> str:
     ]
     for title, items in sections:
         lines += ["", f"## {title}: {len(items)}"] + [f"- {item}" for item in items]
+    lines += render_shortcuts(audit or {}, limit)
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from cxr.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
 LABELS_CSV = "labels.csv"  # optional, per split: path,labels (labels separated by ";")
+METADATA = ("patient_id", "source", "orig_width", "orig_height")  # optional labels.csv columns kept
 
 
 class DatasetError(PipelineError, ValueError):
@@ -59,6 +60,19 @@ def excluded_files(data_metrics: Path, root: Path) -> frozenset[Path]:
     if not Path(data_metrics).is_file():
         return frozenset()
     return frozenset(Path(root) / rel for rel in json.loads(Path(data_metrics).read_text()).get("excluded", []))
+
+
+def file_metadata(split_dir: Path) -> dict[Path, dict[str, str]]:
+    """Per file of a split, the `patient_id`, `source`, `orig_width` and `orig_height` columns of its
+    labels.csv (empty strings where absent)."""
+    csv_path = Path(split_dir) / LABELS_CSV
+    if not csv_path.is_file():
+        return {}
+    with csv_path.open(newline="") as f:
+        return {
+            Path(split_dir) / row["path"].strip(): {k: (row.get(k) or "").strip() for k in METADATA}
+            for row in csv.DictReader(f)
+        }
 
 
 def split_patients(split_dir: Path) -> dict[str, list[Path]]:

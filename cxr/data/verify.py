@@ -15,7 +15,16 @@ from PIL import Image
 
 from cxr.data.images import pixel_digest
 from cxr.data.near_duplicates import difference_hash, near_pairs
-from cxr.data.splits import SPLITS, DatasetError, class_counts, labelled_files, split_classes, split_patients
+from cxr.data.shortcuts import appearance
+from cxr.data.splits import (
+    SPLITS,
+    DatasetError,
+    class_counts,
+    file_metadata,
+    labelled_files,
+    split_classes,
+    split_patients,
+)
 
 
 @dataclass
@@ -29,6 +38,7 @@ class FileRecord:
     size: tuple[int, int] = (0, 0)
     digest: str = ""  # of the decoded pixels
     dhash: np.ndarray | None = None  # perceptual hash
+    looks: dict = field(default_factory=dict)  # cxr.data.shortcuts.appearance: what should not carry the label
 
 
 @dataclass
@@ -44,6 +54,7 @@ class VerifyReport:
     modes: dict[str, int] = field(default_factory=dict)  # image mode (L, RGB, I;16, ...) -> files
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the smallest and largest
     excluded: list[str] = field(default_factory=list)  # unreadable files skipped (verify.on_corrupt: skip)
+    appearance: list[dict] = field(default_factory=list)  # per readable image: label, group, source, properties
 
     @property
     def leaks(self) -> int:
@@ -61,7 +72,8 @@ def read_file(split: str, path: Path, max_pixels: int) -> FileRecord:
                 )
                 return FileRecord(split, path, why)
             img.load()
-            return FileRecord(split, path, "", img.mode, img.size, pixel_digest(img), difference_hash(img))
+            looks = appearance(img)
+            return FileRecord(split, path, "", img.mode, img.size, pixel_digest(img), difference_hash(img), looks)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
         return FileRecord(split, path, f"does not decode ({type(exc).__name__}: {exc})")
 
@@ -115,6 +127,24 @@ def find_copies(root: Path, records: list[FileRecord], near_bits: int, report: V
             (report.near_across if firsts[i].split != firsts[j].split else report.near_within).append(names)
 
 
+def appearance_rows(root: Path, records: list[FileRecord], labels_of: dict[Path, str]) -> list[dict]:
+    """Rows for the shortcut audit: label, group (patient, else pixel digest), source and the
+    image's properties, with the original size where labels.csv records it."""
+    meta: dict[Path, dict[str, str]] = {}
+    for split in {r.split for r in records}:
+        meta.update(file_metadata(root / split))
+    rows = []
+    for r in records:
+        m = meta.get(r.path, {})
+        looks = dict(r.looks)
+        if m.get("orig_width") and m.get("orig_height"):
+            looks["width"], looks["height"] = float(m["orig_width"]), float(m["orig_height"])
+            looks["aspect"] = looks["width"] / max(looks["height"], 1.0)
+        group = m.get("patient_id") or r.digest
+        rows.append({"label": labels_of[r.path], "group": group, "source": m.get("source", ""), **looks})
+    return rows
+
+
 def patients_across(root: Path, splits) -> dict[str, list[str]]:
     """Patient ids (from the splits' labels.csv) found in more than one split."""
     splits_of_patient: dict[str, list[str]] = defaultdict(list)
@@ -157,7 +187,7 @@ def verify_splits(
     """
     root = Path(root)
     problems: list[str] = []
-    class_sets, counts, files_in, records = {}, {}, {}, []
+    class_sets, counts, files_in, records, labels_of = {}, {}, {}, [], {}
     for split in SPLITS:
         try:
             class_sets[split], pairs, found = read_split(root, split, max_pixels)
@@ -168,6 +198,7 @@ def verify_splits(
         bad = {r.path for r in found if r.problem} if skip_unreadable else set()
         counts[split] = class_counts([(p, lb) for p, lb in pairs if p not in bad], class_sets[split])
         records += found
+        labels_of.update({p: ";".join(lb) for p, lb in pairs})
     unreadable = [r for r in records if r.problem]
     good = [r for r in records if not r.problem]
     problems += count_problems(root, counts, files_in, min_per_class, expected or {})
@@ -182,6 +213,7 @@ def verify_splits(
         report.sizes = [by_area[0], by_area[-1]]
     find_copies(root, good, near_bits, report)
     report.patients_across = patients_across(root, counts)
+    report.appearance = appearance_rows(root, good, labels_of)
     problems += leak_problem(report, max_leaks, near_bits)
     if problems:
         raise DatasetError(f"{root}: dataset verification failed:\n  " + "\n  ".join(problems))

@@ -46,6 +46,8 @@ def test_every_arch_trains_an_epoch_and_explains_its_decisions(arch, demo, tmp_p
         tmp_path / "eval",
     )
     assert scores["n"] == 6
+    shares = scores["attribution"]  # where Grad-CAM put the evidence, over every test image
+    assert shares["images"] == 6 and 0.0 <= shares["central_share"] <= 1.0 and 0.0 <= shares["frame_share"] <= 1.0
     assert (tmp_path / "eval/plots/images/gradcam.png").is_file()
 
 

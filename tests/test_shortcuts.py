@@ -75,3 +75,20 @@ def test_the_shared_real_set_is_separable_by_its_sources(tmp_path):
     # the sources differ most in their original image size (Kermany's pediatric films are large)
     assert found["most_telling"] == "width", found["per_property"]
     assert set(found["sources"]["normal"]) == {"lecuong1502/BTL_Machine_Learning"}
+
+
+def test_attribution_shares_of_grad_cam_maps():
+    import torch
+
+    from cxr.evaluate.gradcam import attribution_shares
+
+    centre = torch.zeros(1, 100, 100)
+    centre[0, 40:60, 40:60] = 1.0
+    frame = torch.zeros(1, 100, 100)
+    frame[0, :5, :] = 1.0  # a marker along the top edge
+    uniform = torch.ones(1, 100, 100)
+    assert attribution_shares(centre)["central_share"] == 1.0 and attribution_shares(centre)["frame_share"] == 0.0
+    assert attribution_shares(frame)["frame_share"] == 1.0 and attribution_shares(frame)["central_share"] == 0.0
+    even = attribution_shares(uniform)
+    assert even["central_share"] == pytest.approx(even["central_area"]) == pytest.approx(0.49)
+    assert even["frame_share"] == pytest.approx(even["frame_area"]) == pytest.approx(0.36)

@@ -65,3 +65,30 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> Image.I
     image = pixels.transpose(1, 2, 0).astype(np.float32)
     blend = (1 - alpha * heat) * image + alpha * heat * colours
     return Image.fromarray(np.clip(blend, 0, 255).astype(np.uint8), mode="RGB")
+
+
+# A cheap proxy for "did it look at the lungs": the lung fields of a frontal chest film lie
+# roughly in the central box; text markers, rulers, borders and collimation edges in the frame.
+CENTRAL = (0.15, 0.85)  # fraction of width and height: the central box
+FRAME = 0.1  # fraction of the side: the outer frame
+
+
+def attribution_shares(cams: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """Mean share of Grad-CAM mass (N, H, W) inside the central box and in the outer frame."""
+    cams = torch.as_tensor(np.asarray(cams), dtype=torch.float64)
+    h, w = cams.shape[-2:]
+    total = cams.sum((1, 2)).clamp_min(1e-12)
+    lo_h, hi_h, lo_w, hi_w = int(CENTRAL[0] * h), int(CENTRAL[1] * h), int(CENTRAL[0] * w), int(CENTRAL[1] * w)
+    central = cams[:, lo_h:hi_h, lo_w:hi_w].sum((1, 2)) / total
+    fh, fw = max(1, int(FRAME * h)), max(1, int(FRAME * w))
+    inner = cams[:, fh : h - fh, fw : w - fw].sum((1, 2))
+    frame = (cams.sum((1, 2)) - inner) / total
+    area_central = (hi_h - lo_h) * (hi_w - lo_w) / (h * w)
+    area_frame = 1 - (h - 2 * fh) * (w - 2 * fw) / (h * w)
+    return {
+        "central_share": round(float(central.mean()), 4),
+        "frame_share": round(float(frame.mean()), 4),
+        "central_area": round(area_central, 4),  # what a map spread evenly would give
+        "frame_area": round(area_frame, 4),
+        "images": int(cams.shape[0]),
+    }

@@ -18,7 +18,7 @@ from cxr.config import Params
 from cxr.data.images import open_rgb
 from cxr.data.store import SplitStore, StoreError
 from cxr.evaluate.gallery import pick_examples, prediction_grid
-from cxr.evaluate.gradcam import gradcam, gradcam_layer, overlay
+from cxr.evaluate.gradcam import attribution_shares, gradcam, gradcam_layer, overlay
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
 from cxr.model.checkpoint import load_checkpoint
@@ -71,6 +71,21 @@ def _log_plots(live: Live, test: SplitStore, probs, preds, classes, screened: li
             )
     if not test.multilabel:
         live.log_sklearn_plot("confusion_matrix", names[test.labels].tolist(), names[preds].tolist())
+
+
+def attribution_summary(model, test: SplitStore, probs, preds, runtime, limit: int = 256, batch: int = 32) -> dict:
+    """Where Grad-CAM puts the evidence for the predicted class over (up to `limit`) test images:
+    shares of its mass in the central box and the outer frame (cxr.evaluate.gradcam; a cheap proxy)."""
+    layer = gradcam_layer(model)
+    target = probs.argmax(1) if test.multilabel else preds
+    chosen = list(range(min(limit, len(test))))
+    cams = [
+        gradcam(
+            model, runtime.images(test[chosen[i : i + batch]]), torch.as_tensor(target[chosen[i : i + batch]]), layer
+        )
+        for i in range(0, len(chosen), batch)
+    ]
+    return {"layer": layer, **attribution_shares(torch.cat(cams))} if cams else {}
 
 
 def _gallery(model, spec: ModelSpec, test: SplitStore, probs, preds, per_kind: int, raw_dir: Path, runtime):
@@ -133,6 +148,7 @@ def evaluate(
     scores["checkpoint_epoch"] = checkpoint["epoch"]
     scores["model_sha256"] = sha256_of(Path(model_path))  # lets `stages.predict` reuse these thresholds
     scores["tta"] = cfg.tta  # ... and the test-time augmentation they were fitted with
+    scores["attribution"] = attribution_summary(model, test, probs, preds, runtime)
     write_json(metrics_path, scores)
     write_predictions(predictions_path, test, probs, preds, spec.classes)
 

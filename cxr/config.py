@@ -103,7 +103,17 @@ class DataConfig(_Section):
     folder: str
     split: SplitConfig
     task: Literal["binary", "multiclass", "multilabel"]
+    folds: Annotated[int, Field(ge=0, le=50)]
     demo: DemoConfig
+
+    @field_validator("folds")
+    @classmethod
+    def _enough_folds(cls, value: int) -> int:
+        if value in (1, 2):
+            raise ValueError(
+                "k-fold cross-validation needs k >= 3 (a test fold, a validation fold, training folds); 0 = off"
+            )
+        return value
 
     @model_validator(mode="after")
     def _source_settings(self):

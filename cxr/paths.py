@@ -13,4 +13,7 @@ TEST_METRICS = Path("metrics/test.json")
 PREDICTIONS = Path("metrics/predictions.csv")  # one row per test image
 EVAL_LIVE_DIR = Path("metrics/eval")
 DECODED_DIR = Path("data/decoded")  # every split decoded once at train.image_size (cxr/data/store.py)
+CV_DIR = Path("models/cv")  # per fold: decoded store, checkpoint, curves and test scores
+CV_METRICS = Path("metrics/cv.json")  # mean, std and each fold's scores
+CV_FOLDS_PLOT = Path("metrics/cv/folds.json")  # one row per fold, drawn by `dvc plots show`
 FEATURES_DIR = Path("data/features")  # frozen-backbone features of train and val (cxr/train/features.py)

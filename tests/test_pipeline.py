@@ -122,6 +122,39 @@ def test_changing_lr_reruns_train_and_evaluate_only(repo):
     dvc(repo, "repro")
 
 
+def test_five_fold_cross_validation_runs_through_dvc(repo):
+    import statistics
+
+    set_param(repo, "data", "folds", 5)
+    try:
+        _, out = dvc(repo, "repro")
+        assert "Running stage 'crossval'" in out and "Running stage 'train'" not in out
+        for fold in range(1, 6):
+            assert f"crossval: fold {fold}/5" in out
+        _, again = dvc(repo, "repro")
+        assert "Running stage" not in again, again
+        cv = json.loads((repo / "metrics/cv.json").read_text())
+        per_fold = [json.loads((repo / f"models/cv/fold{i}/test.json").read_text()) for i in range(5)]
+        assert cv["k"] == 5 and [f["fold"] for f in cv["folds"]] == [0, 1, 2, 3, 4]
+        for key in ("accuracy", "f1_macro"):  # by hand: population mean and std over the folds
+            values = [s[key] for s in per_fold]
+            assert cv[f"{key}_mean"] == pytest.approx(statistics.fmean(values), abs=1e-6)
+            assert cv[f"{key}_std"] == pytest.approx(statistics.pstdev(values), abs=1e-6)
+        sensitivities = [s["screening"]["infected"]["sensitivity"] for s in per_fold]
+        assert cv["sensitivity_infected_mean"] == pytest.approx(statistics.fmean(sensitivities), abs=1e-6)
+        # every image in exactly one test fold
+        tested = [
+            row.split(",")[0]
+            for i in range(5)
+            for row in (repo / f"models/cv/fold{i}/predictions.csv").read_text().splitlines()[1:]
+        ]
+        assert len(tested) == len(set(tested)) == 48
+        assert len(json.loads((repo / "metrics/cv/folds.json").read_text())) == 5
+    finally:
+        run(repo, "git", "checkout", "--", "params.yaml")
+        dvc(repo, "repro")
+
+
 def test_experiments_metrics_diff_and_plots(repo, tmp_path):
     _, out = dvc(repo, "exp", "run", "-S", "train.lr=0.0001")
     assert "Running stage 'train'" in out and "Running stage 'download'" not in out

@@ -89,17 +89,9 @@ class _Groups:
                 self.union(first.setdefault(key, i), i)
 
 
-def assign_splits(
-    files: list[Path],
-    strata: list[str],
-    patients: list[str | None],
-    val: float,
-    test: float,
-    seed: int,
-    near_bits: int = 8,
-) -> list[str]:
-    """A split name per file: stratified by `strata`, seeded, and never separating files with
-    identical pixels, near-identical ones (perceptual hash within `near_bits`) or one patient."""
+def image_groups(files: list[Path], patients: list[str | None], near_bits: int = 8) -> list[int]:
+    """A group id per file: files with identical pixels, near-identical ones (perceptual hash
+    within `near_bits`) or one patient share a group, which splits and folds never separate."""
     groups = _Groups(len(files))
     digests, hashes = [], []
     for path in files:
@@ -112,7 +104,22 @@ def assign_splits(
     if hashes:
         for i, j in near_pairs(np.stack(hashes), near_bits):
             groups.union(i, j)
-    roots = sorted({groups.find(i) for i in range(len(files))})
+    return [groups.find(i) for i in range(len(files))]
+
+
+def assign_splits(
+    files: list[Path],
+    strata: list[str],
+    patients: list[str | None],
+    val: float,
+    test: float,
+    seed: int,
+    near_bits: int = 8,
+) -> list[str]:
+    """A split name per file: stratified by `strata`, seeded, and never separating files with
+    identical pixels, near-identical ones (perceptual hash within `near_bits`) or one patient."""
+    group = image_groups(files, patients, near_bits)
+    roots = sorted(set(group))
     rng = random.Random(seed)
     split_of_root = {}
     for stratum in sorted(set(strata)):
@@ -121,7 +128,26 @@ def assign_splits(
         n_test, n_val = round(len(members) * test), round(len(members) * val)
         for i, root in enumerate(members):
             split_of_root[root] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return [split_of_root[groups.find(i)] for i in range(len(files))]
+    return [split_of_root[g] for g in group]
+
+
+def assign_folds(group: list[int], strata: list[str], k: int, seed: int) -> list[int]:
+    """A fold (0..k-1) per file: whole groups dealt out per stratum in a seeded order, each to the
+    fold holding the fewest files of that stratum so far (folds stratified and about equal)."""
+    rng = random.Random(seed)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(group):
+        members.setdefault(g, []).append(i)
+    fold_of_group = {}
+    for stratum in sorted(set(strata)):
+        roots = sorted(g for g in members if strata[g] == stratum)
+        rng.shuffle(roots)
+        size = [0] * k
+        for g in roots:
+            fold = min(range(k), key=lambda f: (size[f], f))
+            fold_of_group[g] = fold
+            size[fold] += len(members[g])
+    return [fold_of_group[g] for g in group]
 
 
 def split_by_fractions(class_root: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8) -> None:

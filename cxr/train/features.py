@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +20,13 @@ import torch
 from torch import nn
 
 from cxr.atomic import atomic_dir
-from cxr.config import TrainConfig
+from cxr.config import Params, TrainConfig
+from cxr.data.store import SplitStore
 from cxr.errors import PipelineError
 from cxr.model.inference import Runtime, predict_logits
 from cxr.model.networks import head_name
+from cxr.model.spec import initial_model
+from cxr.paths import DECODED_DIR, FEATURES_DIR
 from cxr.train.augment import is_active
 
 FEATURES_FORMAT = 1
@@ -115,3 +119,25 @@ def load_features(feature_dir: Path, model: nn.Module) -> dict[str, torch.Tensor
             "changed); run `dvc repro` to extract them again"
         )
     return {name: torch.load(Path(feature_dir) / f"{name}.pt", weights_only=True) for name in CACHED_SPLITS}
+
+
+def cache_features(params: Params, store_dir: Path = DECODED_DIR, out_dir: Path = FEATURES_DIR) -> None:
+    """Write the backbone's features of train and val to `out_dir`, or why none apply."""
+    cfg = params.train
+    applies, why = cache_applies(cfg)
+    if not applies:
+        write_not_applicable(out_dir, why)
+        print(f"features: nothing to cache ({why}); train runs the whole model")
+        return
+    start = time.perf_counter()
+    stores = {name: SplitStore(store_dir, name, cfg.image_size) for name in CACHED_SPLITS}
+    model, _, _ = initial_model(params, stores["train"].classes)
+    runtime = Runtime.select(cfg.precision)
+    runtime.prepare_model(model)
+    describe = {"arch": cfg.arch, "weights": cfg.weights, "image_size": cfg.image_size}
+    shapes = write_features(out_dir, model, stores, EXTRACT_BATCH, runtime, describe)
+    print(
+        f"features: {cfg.arch} backbone ran once over "
+        + ", ".join(f"{name} {n} x {d}" for name, (n, d) in shapes.items())
+        + f" on {runtime.device} in {time.perf_counter() - start:.1f} s -> {out_dir}/"
+    )

@@ -1,0 +1,114 @@
+"""k-fold cross-validation as papers report it (`data.folds: k`): every labelled image of
+data/raw in exactly one test fold, folds grouped by patient and by identical or near-identical
+images and stratified by class; each fold trains and evaluates with the pipeline's own code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cxr.atomic import write_json
+from cxr.config import Params
+from cxr.data.layout import assign_folds, image_groups
+from cxr.data.splits import SPLITS, file_metadata
+from cxr.data.store import SplitStore, write_store
+from cxr.evaluate.run import evaluate
+from cxr.train.features import cache_features
+from cxr.train.run import train
+
+FOLD_METRICS = ("accuracy", "f1_macro")
+CLASS_METRICS = ("sensitivity", "specificity")
+
+
+class Pool:
+    """Every image of the decoded store (train, val and test together), with its raw file and labels."""
+
+    def __init__(self, store_dir: Path, image_size: int):
+        self.parts = [SplitStore(store_dir, name, image_size) for name in SPLITS]
+        first = self.parts[0]
+        self.classes, self.multilabel, self.image_size = first.classes, first.multilabel, image_size
+        self.rows = [(k, i) for k, part in enumerate(self.parts) for i in range(len(part))]
+        self.files = [self.parts[k].files[i] for k, i in self.rows]
+        self.labels = np.concatenate([part.labels for part in self.parts])
+
+    def strata(self) -> list[str]:
+        first = self.labels.argmax(1) if self.multilabel else self.labels
+        return [self.classes[int(c)] for c in first]
+
+    def row_bytes(self, members: list[int]):
+        for j in members:
+            k, i = self.rows[j]
+            yield self.parts[k][[i]][0].numpy().tobytes()
+
+
+def folds_of(pool: Pool, raw_dir: Path, k: int, seed: int, near_bits: int) -> list[int]:
+    """The fold of every pooled image (cxr.data.layout.assign_folds over patient/duplicate groups)."""
+    meta: dict[Path, dict[str, str]] = {}
+    for split in SPLITS:
+        meta.update(file_metadata(raw_dir / split))
+    paths = [raw_dir / f for f in pool.files]
+    patients = [meta.get(p, {}).get("patient_id") or None for p in paths]
+    return assign_folds(image_groups(paths, patients, near_bits), pool.strata(), k, seed)
+
+
+def write_fold_store(pool: Pool, fold_of: list[int], fold: int, k: int, out_dir: Path) -> dict[str, int]:
+    """A decoded store for one fold: test = fold, val = the next fold, train = the rest."""
+    role = {fold: "test", (fold + 1) % k: "val"}
+    members = {name: [j for j, f in enumerate(fold_of) if role.get(f, "train") == name] for name in SPLITS}
+    splits = {
+        name: ([pool.files[j] for j in idx], pool.labels[idx].tolist(), pool.row_bytes(idx))
+        for name, idx in members.items()
+    }
+    write_store(out_dir, pool.image_size, pool.classes, pool.multilabel, splits)
+    return {name: len(idx) for name, idx in members.items()}
+
+
+def fold_summary(scores: dict) -> dict:
+    """Accuracy, macro F1 and per-class sensitivity/specificity of one fold's test scores."""
+    accuracy = scores.get("accuracy", scores.get("subset_accuracy"))
+    out = {"accuracy": accuracy, "f1_macro": scores["f1_macro"]}
+    for cls, report in scores["screening"].items():
+        for key in CLASS_METRICS:
+            out[f"{key}_{cls}"] = report[key]
+    return out
+
+
+def aggregate(folds: list[dict]) -> dict:
+    """Mean and standard deviation (population, over folds) of every fold metric, plus the folds."""
+    keys = [key for key in folds[0] if key != "fold"]
+    out: dict = {"k": len(folds)}
+    for key in keys:
+        values = np.asarray([f[key] for f in folds if f[key] is not None], dtype=np.float64)
+        out[f"{key}_mean"] = round(float(values.mean()), 6) if len(values) else None
+        out[f"{key}_std"] = round(float(values.std()), 6) if len(values) else None
+    out["folds"] = folds
+    return out
+
+
+def cross_validate(params: Params, raw_dir: Path, store_dir: Path, work_dir: Path, metrics_path: Path) -> dict:
+    """Train and evaluate once per fold under `work_dir/fold{i}`; write and return metrics/cv.json."""
+    k = params.data.folds
+    if k == 0:
+        result = {"k": 0, "folds": []}
+        write_json(metrics_path, result)
+        return result
+    pool = Pool(store_dir, params.train.image_size)
+    fold_of = folds_of(pool, raw_dir, k, params.seed, params.verify.near_duplicate_bits)
+    quiet = params.evaluate.model_copy(update={"bootstrap": 0, "grid_images": 0})  # the spread is over folds
+    fold_params = params.model_copy(update={"evaluate": quiet})
+    folds = []
+    for fold in range(k):
+        where = work_dir / f"fold{fold}"
+        sizes = write_fold_store(pool, fold_of, fold, k, where / "decoded")
+        print(f"crossval: fold {fold + 1}/{k}: " + ", ".join(f"{n} {c}" for n, c in sizes.items()))
+        cache_features(fold_params, where / "decoded", where / "features")
+        train(fold_params, where / "decoded", where / "model.pt", where / "last.pt", where / "live", where / "features")
+        scores = evaluate(
+            fold_params, where / "model.pt", where / "decoded", raw_dir, where / "test.json", where / "predictions.csv",
+            where / "eval",
+        )  # fmt: skip
+        folds.append({"fold": fold, **fold_summary(scores)})
+    result = aggregate(folds)
+    write_json(metrics_path, result)
+    return result

@@ -235,6 +235,7 @@ class EvaluateConfig(_Section):
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
     grid_images: Annotated[int, Field(ge=0, le=64)]
     tta: Literal["none", "hflip"]
+    external: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], str]
 
     @field_validator("threshold")
     @classmethod

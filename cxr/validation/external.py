@@ -1,0 +1,128 @@
+"""External validation (`evaluate.external`): the trained model scored on further `{class}/file`
+folders from other sources, with the thresholds evaluate fitted on validation.
+
+Each set is first checked against the training data: an image whose pixels, or perceptual
+hash, match one in data/raw would inflate the score, so it is left out and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+
+from cxr.data.splits import SPLITS, DatasetError, scan_split
+from cxr.data.verify import read_file
+from cxr.evaluate.predict import decode_all
+from cxr.evaluate.scores import classification_scores, multilabel_scores
+from cxr.model.decisions import screened_classes
+from cxr.model.inference import Runtime, predict_probabilities
+
+
+def external_files(folder: Path, classes: tuple[str, ...], multilabel: bool):
+    """(files, labels) of a `{class}/file` folder (or one with a labels.csv), in the model's class order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"evaluate.external: {folder} is not a folder of {{class}}/file images")
+    found = scan_split(folder.parent, folder.name, None, multilabel)
+    unknown = sorted(set(found.classes) - set(classes))
+    if unknown:
+        raise DatasetError(
+            f"evaluate.external: {folder} has classes {unknown} the model does not know ({list(classes)})"
+        )
+    remap = np.asarray([classes.index(c) for c in found.classes])
+    if multilabel:
+        labels = np.zeros((len(found.files), len(classes)), np.float32)
+        labels[:, remap] = found.labels
+    else:
+        labels = remap[found.labels]
+    return list(found.files), labels
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """Fingerprints of every image in data/raw: pixel digests and perceptual hashes."""
+
+    digests: frozenset[str]
+    hashes: np.ndarray
+    near_bits: int
+    max_pixels: int
+
+    @classmethod
+    def read(cls, raw_dir: Path, near_bits: int, max_pixels: int) -> TrainingImages:
+        records = []
+        for split in SPLITS:
+            if (Path(raw_dir) / split).is_dir():
+                for path in sorted(p for p in (Path(raw_dir) / split).rglob("*") if p.is_file()):
+                    record = read_file(split, path, max_pixels)
+                    if not record.problem:
+                        records.append(record)
+        hashes = np.stack([r.dhash for r in records]) if records else np.zeros((0, 4), np.uint64)
+        return cls(frozenset(r.digest for r in records), hashes, near_bits, max_pixels)
+
+    def repeated(self, files: list[Path]) -> list[bool]:
+        """Whether each file repeats a training image exactly (pixels) or nearly (perceptual hash
+        within near_bits; 0 = exact copies only). Unreadable files are left to decoding to report."""
+        out = []
+        for path in files:
+            record = read_file("external", path, self.max_pixels)
+            if record.problem:
+                out.append(False)
+                continue
+            distance = np.bitwise_count(self.hashes ^ record.dhash[None]).sum(1) if len(self.hashes) else [999]
+            out.append(record.digest in self.digests or (self.near_bits > 0 and int(min(distance)) <= self.near_bits))
+        return out
+
+
+def score_set(name: str, folder: Path, model, spec, thresholds, tta: str, training: TrainingImages, live: Live) -> dict:
+    """Scores of one external set, with its confusion matrix and ROC curves logged to `live`."""
+    files, labels = external_files(folder, spec.classes, spec.multilabel)
+    leak = training.repeated(files)
+    keep = [i for i, bad in enumerate(leak) if not bad]
+    good, pixels, problems = decode_all([files[i] for i in keep], spec.image_size)
+    kept = [keep[j] for j, f in enumerate([files[i] for i in keep]) if f in set(good)]
+    labels = labels[kept]
+    runtime = Runtime.select()
+    probs = predict_probabilities(model, torch.from_numpy(pixels), 64, runtime, spec.probabilities, tta).numpy()
+    probs = probs.astype(np.float64)
+    preds = spec.decide(probs, thresholds)
+    if spec.multilabel:
+        scores = multilabel_scores(labels, probs, spec.classes, [thresholds.get(c) or 0.5 for c in spec.classes])
+    else:
+        scores = classification_scores(labels, probs, spec.classes, preds)
+        names = np.asarray(spec.classes)
+        live.log_sklearn_plot(
+            "confusion_matrix", names[labels].tolist(), names[preds].tolist(), name=f"confusion/{name}.json"
+        )
+    for i in screened_classes(spec.classes, spec.multilabel):
+        truth = labels[:, i] > 0 if spec.multilabel else labels == i
+        if 0 < truth.sum() < len(truth):
+            live.log_sklearn_plot("roc", truth.astype(int), probs[:, i], name=f"roc/{name}/{spec.classes[i]}.json")
+    scores.update({"folder": str(folder), "leaks_excluded": int(sum(leak)), "unreadable": len(problems)})
+    return scores
+
+
+def validate_externally(params, model_path: Path, metrics: Path, raw_dir: Path, out: Path, live_dir: Path) -> dict:
+    """Score every set of `evaluate.external`; write and return metrics/external.json (keyed by set)."""
+    from cxr.atomic import write_json
+    from cxr.evaluate.run import load_decision_thresholds
+    from cxr.model.checkpoint import load_checkpoint
+
+    sets = params.evaluate.external
+    results: dict = {}
+    if sets:
+        model, spec, _ = load_checkpoint(model_path)
+        Runtime.select().prepare_model(model)
+        thresholds, tta = load_decision_thresholds(metrics, model_path)
+        if thresholds is None:
+            raise DatasetError(f"{metrics}: not written for {model_path}; run `dvc repro evaluate` first")
+        training = TrainingImages.read(raw_dir, params.verify.near_duplicate_bits, params.verify.max_pixels)
+        with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+            for name, folder in sets.items():
+                results[name] = score_set(name, Path(folder), model, spec, thresholds, tta, training, live)
+        (Path(live_dir) / "metrics.json").unlink(missing_ok=True)
+    write_json(out, results)
+    return results

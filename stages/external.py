@@ -1,0 +1,25 @@
+"""Stage `external`: score the model on the further folders of evaluate.external."""
+
+from __future__ import annotations
+
+from cxr.config import load_params
+from cxr.paths import EXTERNAL_LIVE_DIR, EXTERNAL_METRICS, MODEL_PATH, RAW_DIR, TEST_METRICS
+from cxr.stage import stage
+from cxr.validation.external import validate_externally
+
+
+@stage("external")
+def main() -> None:
+    results = validate_externally(load_params(), MODEL_PATH, TEST_METRICS, RAW_DIR, EXTERNAL_METRICS, EXTERNAL_LIVE_DIR)
+    for name, s in results.items():
+        accuracy = s.get("accuracy", s.get("subset_accuracy"))
+        print(
+            f"external: {name}: accuracy {accuracy:.4f}, macro F1 {s['f1_macro']:.4f} on {s['n']} images "
+            f"({s['leaks_excluded']} repeating training images left out) -> {EXTERNAL_METRICS}"
+        )
+    if not results:
+        print("external: evaluate.external is empty; nothing to score")
+
+
+if __name__ == "__main__":
+    main()

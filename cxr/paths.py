@@ -11,6 +11,7 @@ LAST_PATH = Path("models/last.pt")  # state after the latest finished epoch, for
 TRAIN_LIVE_DIR = Path("metrics/train")
 TEST_METRICS = Path("metrics/test.json")
 PREDICTIONS = Path("metrics/predictions.csv")  # one row per test image
+SUBMISSION = Path("metrics/submission.csv")  # predictions for data/raw/unlabeled, a hand-in set
 EVAL_LIVE_DIR = Path("metrics/eval")
 DECODED_DIR = Path("data/decoded")  # every split decoded once at train.image_size (cxr/data/store.py)
 EXTERNAL_METRICS = Path("metrics/external.json")  # per external set: scores and excluded leaks

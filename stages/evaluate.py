@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from cxr.config import load_params
 from cxr.evaluate.run import evaluate
-from cxr.paths import DECODED_DIR, EVAL_LIVE_DIR, MODEL_PATH, PREDICTIONS, RAW_DIR, TEST_METRICS
+from cxr.paths import DECODED_DIR, EVAL_LIVE_DIR, MODEL_PATH, PREDICTIONS, RAW_DIR, SUBMISSION, TEST_METRICS
 from cxr.stage import stage
 
 
 @stage("evaluate")
 def main() -> None:
-    scores = evaluate(load_params(), MODEL_PATH, DECODED_DIR, RAW_DIR, TEST_METRICS, PREDICTIONS, EVAL_LIVE_DIR)
+    scores = evaluate(
+        load_params(), MODEL_PATH, DECODED_DIR, RAW_DIR, TEST_METRICS, PREDICTIONS, EVAL_LIVE_DIR, SUBMISSION
+    )
     if "subset_accuracy" in scores:
         headline = f"subset accuracy {scores['subset_accuracy']:.4f}, macro F1 {scores['f1_macro']:.4f}"
     else:

@@ -220,8 +220,8 @@ def test_folder_source_and_layout_errors(tmp_path, demo_root):
     out.mkdir()
     sources.write_dataset(parse_params(raw).data, 0, out)
     assert verify_splits(out) == verify_splits(demo_root)
-    shutil.rmtree(demo_root / "test")
-    with pytest.raises(ArchiveError, match="no test split"):
+    shutil.rmtree(demo_root / "train")
+    with pytest.raises(ArchiveError, match="no labelled train split"):
         sources.write_dataset(parse_params(raw).data, 0, tmp_path / "copy2")
 
 

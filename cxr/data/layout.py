@@ -16,6 +16,7 @@ from cxr.data.images import is_image, pixel_digest
 from cxr.data.near_duplicates import difference_hash, near_pairs
 from cxr.data.splits import LABELS_CSV, METADATA, SPLITS
 
+UNLABELED = "unlabeled"  # data/raw/unlabeled: a split folder of images without labels (a hand-in set)
 # Folder names accepted for each split, compared case-insensitively.
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
@@ -39,6 +40,15 @@ def _is_class_level(folder: Path) -> bool:
     return len(dirs) >= 2 and all(any(is_image(f) for f in d.iterdir()) for d in dirs)
 
 
+def _is_labelled(split_dir: Path) -> bool:
+    """A split folder with class folders of images or a labels.csv (not a flat folder of images)."""
+    return (
+        (split_dir / LABELS_CSV).is_file()
+        or _is_class_level(split_dir)
+        or (any(p.is_dir() for p in split_dir.iterdir()) and not any(is_image(p) for p in split_dir.iterdir()))
+    )
+
+
 def find_layout(folder: Path) -> dict[str, Path] | Path:
     """The split folders of a dataset ({split: path}), a root `labels.csv`, or the folder of a
     `{class}/file` layout with no splits yet. Single wrapping folders are looked through."""
@@ -46,11 +56,11 @@ def find_layout(folder: Path) -> dict[str, Path] | Path:
     while True:
         found = _split_dirs(current)
         if found:
-            missing = [s for s in SPLITS if s not in found]
-            if missing:
+            if "train" not in found or not _is_labelled(found["train"]):
                 raise ArchiveError(
-                    f"{current}: found {sorted(p.name for p in found.values())} but no {', '.join(missing)} split; "
-                    f"expected folders named {', '.join('/'.join(SPLIT_ALIASES[s]) for s in SPLITS)} (any case)"
+                    f"{current}: found {sorted(p.name for p in found.values())} but no labelled train split; "
+                    f"expected folders named {', '.join('/'.join(SPLIT_ALIASES[s]) for s in SPLITS)} (any case) "
+                    "holding {class}/file images"
                 )
             return found
         if (current / LABELS_CSV).is_file():
@@ -212,10 +222,31 @@ def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, se
             writer.writerows(table)
 
 
+def carve_splits(out_dir: Path, missing: list[str], val: float, test: float, seed: int, near_bits: int) -> str:
+    """Move the `missing` labelled splits (val and/or test) out of `out_dir/train`, stratified by
+    class, seeded, and keeping identical, near-identical images and patients together."""
+    train = out_dir / "train"
+    class_dirs = sorted(p for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [path for d in class_dirs for path in sorted(p for p in d.iterdir() if is_image(p))]
+    fractions = {"val": val if "val" in missing else 0.0, "test": test if "test" in missing else 0.0}
+    splits = assign_splits(files, [p.parent.name for p in files], [None] * len(files), seed=seed,
+                           near_bits=near_bits, **fractions)  # fmt: skip
+    for path, split in zip(files, splits, strict=True):
+        if split != "train":
+            dest = out_dir / split / path.parent.name / path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(dest))
+    for split in missing:
+        for d in class_dirs:
+            (out_dir / split / d.name).mkdir(parents=True, exist_ok=True)
+    return ", ".join(f"{s} carved out of train ({fractions[s]:.2f} of its images)" for s in missing)
+
+
 def arrange_splits(
     source: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8, move: bool = False
 ) -> str:
-    """Put `source`'s dataset into `out_dir/{train,val,test}`; return which layout was found."""
+    """Put `source`'s dataset into `out_dir/{train,val,test}` (and an unlabeled split folder into
+    `out_dir/unlabeled`); return which layout was found and what was done to it."""
     layout = find_layout(source)
     if isinstance(layout, Path) and layout.is_file():
         split_csv_dataset(layout, out_dir, val, test, seed, near_bits)
@@ -223,9 +254,16 @@ def arrange_splits(
     if isinstance(layout, Path):
         split_by_fractions(layout, out_dir, val, test, seed, near_bits)
         return f"{{class}}/file layout, split {1 - val - test:.2f}/{val:.2f}/{test:.2f} by class (seed {seed})"
+    described = "{split}/{class}/file layout (" + ", ".join(f"{s}={p.name}" for s, p in layout.items()) + ")"
+    missing = [s for s in SPLITS if s not in layout or not _is_labelled(layout[s])]
     for split, folder in layout.items():
+        dest = out_dir / (split if split not in missing else UNLABELED)
         if move:
-            shutil.move(str(folder), str(out_dir / split))
+            shutil.move(str(folder), str(dest))
         else:
-            shutil.copytree(folder, out_dir / split)
-    return "{split}/{class}/file layout (" + ", ".join(f"{s}={p.name}" for s, p in layout.items()) + ")"
+            shutil.copytree(folder, dest)
+    if (out_dir / UNLABELED).is_dir():
+        described += f"; {UNLABELED}/: images without labels, predicted by evaluate into a submission file"
+    if missing:
+        described += "; " + carve_splits(out_dir, missing, val, test, seed, near_bits)
+    return described

@@ -15,10 +15,12 @@ from dvclive import Live
 from cxr.atomic import atomic_path, write_json
 from cxr.checksums import sha256_of
 from cxr.config import Params
-from cxr.data.images import open_rgb
+from cxr.data.images import is_image, open_rgb
+from cxr.data.layout import UNLABELED
 from cxr.data.store import SplitStore, StoreError
 from cxr.evaluate.gallery import pick_examples, prediction_grid
 from cxr.evaluate.gradcam import attribution_shares, gradcam, gradcam_layer, overlay
+from cxr.evaluate.predict import decode_all
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
 from cxr.model.checkpoint import load_checkpoint
@@ -73,6 +75,29 @@ def _log_plots(live: Live, test: SplitStore, probs, preds, classes, screened: li
         live.log_sklearn_plot("confusion_matrix", names[test.labels].tolist(), names[preds].tolist())
 
 
+def write_submission(model, spec: ModelSpec, unlabeled: Path, thresholds, tta: str, runtime, path: Path) -> int:
+    """Predictions for the images of data/raw/unlabeled (a hand-in set) as a submission CSV:
+    file (relative to that folder), label (the decision) and every class probability. Returns
+    the row count; with no such folder the file holds only its header."""
+    files = sorted(p for p in unlabeled.rglob("*") if is_image(p)) if unlabeled.is_dir() else []
+    good, pixels, problems = decode_all(files, spec.image_size)
+    for bad, why in problems:
+        print(f"evaluate: submission: skipped {bad}: {why}")
+    probs = predict_probabilities(model, torch.from_numpy(pixels), 64, runtime, spec.probabilities, tta).numpy()
+    decided = spec.decide(probs, thresholds) if len(good) else []
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", *(f"p_{c}" for c in spec.classes)])
+        for file, row, decision in zip(good, probs, decided, strict=True):
+            label = (
+                ";".join(c for c, on in zip(spec.classes, decision, strict=True) if on)
+                if spec.multilabel
+                else spec.classes[decision]
+            )
+            writer.writerow([file.relative_to(unlabeled).as_posix(), label, *(f"{p:.6f}" for p in row)])
+    return len(good)
+
+
 def attribution_summary(model, test: SplitStore, probs, preds, runtime, limit: int = 256, batch: int = 32) -> dict:
     """Where Grad-CAM puts the evidence for the predicted class over (up to `limit`) test images:
     shares of its mass in the central box and the outer frame (cxr.evaluate.gradcam; a cheap proxy)."""
@@ -107,6 +132,16 @@ def _gallery(model, spec: ModelSpec, test: SplitStore, probs, preds, per_kind: i
     return predictions, cam_grid
 
 
+def _screening(params: Params, spec: ModelSpec, labels, probs, preds, thresholds) -> dict:
+    """Per screened class: its threshold and screening report (cxr.evaluate.screening) on test."""
+    cfg, out = params.evaluate, {}
+    for i in screened_classes(spec.classes, spec.multilabel):
+        truth, class_scores, decided = _class_view(labels, probs, preds, i, spec.multilabel)
+        report = screening_report(truth, class_scores, decided, cfg.bootstrap, params.seed, cfg.calibration_bins)
+        out[spec.classes[i]] = {"threshold": thresholds[spec.classes[i]], **report}
+    return out
+
+
 def evaluate(
     params: Params,
     model_path: Path,
@@ -115,8 +150,10 @@ def evaluate(
     metrics_path: Path,
     predictions_path: Path,
     live_dir: Path,
+    submission_path: Path | None = None,
 ) -> dict:
-    """Score `model_path` on test; returns (and writes) the metrics."""
+    """Score `model_path` on test; returns (and writes) the metrics. With `submission_path`, also
+    predict data/raw/unlabeled (a hand-in set) into that CSV."""
     cfg = params.evaluate
     runtime = Runtime.select()
     model, spec, checkpoint = load_checkpoint(model_path)
@@ -137,18 +174,17 @@ def evaluate(
     else:
         scores = classification_scores(test.labels, probs, spec.classes, preds)
     screened = screened_classes(spec.classes, spec.multilabel)
-    screening = {}
-    for i in screened:
-        cls = spec.classes[i]
-        truth, class_scores, decided = _class_view(test.labels, probs, preds, i, spec.multilabel)
-        report = screening_report(truth, class_scores, decided, cfg.bootstrap, params.seed, cfg.calibration_bins)
-        screening[cls] = {"threshold": thresholds[cls], **report}
+    screening = _screening(params, spec, test.labels, probs, preds, thresholds)
     scores["threshold_rule"] = str(cfg.threshold) if thresholded(spec.classes, spec.multilabel) else "argmax"
     scores["screening"] = screening
     scores["checkpoint_epoch"] = checkpoint["epoch"]
     scores["model_sha256"] = sha256_of(Path(model_path))  # lets `stages.predict` reuse these thresholds
     scores["tta"] = cfg.tta  # ... and the test-time augmentation they were fitted with
     scores["attribution"] = attribution_summary(model, test, probs, preds, runtime)
+    if submission_path is not None:
+        scores["submission_rows"] = write_submission(
+            model, spec, Path(raw_dir) / UNLABELED, thresholds, cfg.tta, runtime, Path(submission_path)
+        )
     write_json(metrics_path, scores)
     write_predictions(predictions_path, test, probs, preds, spec.classes)
 

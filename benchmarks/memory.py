@@ -4,6 +4,10 @@ Writes a store of generated phantoms (10,000 training images at 224 px by defaul
 uint8 rows, as `decode` would write them) and trains ResNet18 on it in a child process, whose
 peak resident memory (VmHWM) is the figure. The store is read a batch at a time with `pread`,
 so the peak should not depend on how many images the store holds; compare `--images 1000`.
+
+The one-channel store (what `decode` writes) is measured against the three-channel RGB rows of
+earlier versions in the same run: size on disk, the time to read every row in random batches,
+and training memory and time.
 """
 
 from __future__ import annotations
@@ -24,16 +28,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _row(job: tuple[int, int, int]) -> bytes:
+def _row(job: tuple[int, int, int, int]) -> bytes:
     from cxr.data.phantoms import render_phantom
 
-    index, size, seed = job
+    index, size, seed, channels = job
     label = ("infected", "normal")[index % 2]
     gray = render_phantom((label,), size, 0.3, np.random.default_rng([seed, index]))
-    return np.repeat(gray[None], 3, axis=0).tobytes()
+    return np.repeat(gray[None], channels, axis=0).tobytes()
 
 
-def make_store(out: Path, images: int, size: int, seed: int = 0) -> Path:
+def make_store(out: Path, images: int, size: int, seed: int = 0, channels: int = 1) -> Path:
     """A store with `images` training rows and 64 val and test rows each; reused when present."""
     from cxr.data.store import write_store
 
@@ -44,12 +48,28 @@ def make_store(out: Path, images: int, size: int, seed: int = 0) -> Path:
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         splits = {}
         for name, n in counts.items():
-            jobs = [(start + i, size, seed) for i in range(n)]
+            jobs = [(start + i, size, seed, channels) for i in range(n)]
             rows = pool.map(_row, jobs, chunksize=64)
             splits[name] = ([f"{name}/{i:06d}.png" for i in range(n)], [i % 2 for i in range(n)], rows)
             start += n
-        write_store(out, size, ("infected", "normal"), False, splits)
+        write_store(out, size, ("infected", "normal"), False, splits, channels)
     return out
+
+
+def read_all(store: Path, batch_size: int) -> float:
+    """Seconds to read every training row once, in shuffled batches (after one warm-up pass)."""
+    import torch
+
+    from cxr.data.store import SplitStore
+
+    images = SplitStore(store, "train")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).split(batch_size)
+    for idx in order:  # warm the page cache, as every epoch after the first finds it
+        images[idx]
+    start = time.perf_counter()
+    for idx in order:
+        images[idx]
+    return time.perf_counter() - start
 
 
 def _memory_kib() -> dict[str, int]:
@@ -134,12 +154,22 @@ def main(argv: list[str] | None = None) -> dict:
         child(args.child, args.steps, args.batch_size, args.arch, args.low_memory)
         return {}
 
-    start = time.perf_counter()
-    store = make_store(args.data / f"store-{args.images}-{args.image_size}", args.images, args.image_size)
-    size = sum(f.stat().st_size for f in store.glob("*.npy"))
-    print(f"store: {store} ({size / 2**30:.2f} GiB on disk, ready in {time.perf_counter() - start:.0f} s)")
+    stores, sizes, reads = {}, {}, {}
+    for channels in (1, 3):
+        start = time.perf_counter()
+        name = f"store-{args.images}-{args.image_size}-c{channels}"
+        stores[channels] = make_store(args.data / name, args.images, args.image_size, channels=channels)
+        sizes[channels] = sum(f.stat().st_size for f in stores[channels].glob("*.npy"))
+        reads[channels] = read_all(stores[channels], args.batch_size)
+        print(
+            f"store ({channels} channel{'s' * (channels > 1)}): {sizes[channels] / 2**30:.2f} GiB on disk, ready in "
+            f"{time.perf_counter() - start:.0f} s; every row read in random batches in {reads[channels]:.2f} s",
+            flush=True,
+        )
     results = {}
-    for setting, flag in (("default", []), ("low_memory", ["--low-memory"])):
+    runs = (("default", [], 1), ("low_memory", ["--low-memory"], 1), ("rgb_rows", [], 3))
+    for setting, flag, channels in runs:
+        store = stores[channels]
         cmd = [sys.executable, "-m", "benchmarks.memory", "--child", str(store), "--steps", str(args.steps)]
         cmd += ["--batch-size", str(args.batch_size), "--arch", args.arch, *flag]
         out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
@@ -159,7 +189,14 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "images_in_store": args.images,
         "image_size": args.image_size,
-        "store_gib": round(size / 2**30, 3),
+        "store_gib": round(sizes[1] / 2**30, 3),
+        "rgb_store_gib": round(sizes[3] / 2**30, 3),
+        "store_size_ratio_rgb_over_gray": round(sizes[3] / sizes[1], 3),
+        "read_seconds_ratio_rgb_over_gray": round(reads[3] / reads[1], 3),
+        "train_seconds_ratio_rgb_over_gray": round(results["rgb_rows"]["seconds"] / results["default"]["seconds"], 3),
+        "peak_anon_gib_rgb_minus_gray": round(
+            results["rgb_rows"]["peak_anon_gib"] - results["default"]["peak_anon_gib"], 3
+        ),
         "arch": args.arch,
         "batch_size": args.batch_size,
         **results,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import memory, throughput, train_speed
 
 
@@ -41,7 +43,8 @@ def test_memory_benchmark_measures_a_child_process(tmp_path):
         ["--images", "40", "--image-size", "32", "--steps", "2", "--batch-size", "4", "--data", str(tmp_path)]
     )
     assert result["images_in_store"] == 40
-    for setting in ("default", "low_memory"):
+    assert result["store_size_ratio_rgb_over_gray"] == pytest.approx(3.0, rel=0.01)  # one channel, not three
+    for setting in ("default", "low_memory", "rgb_rows"):
         run = result[setting]
         assert run["images_seen"] == 8
         assert run["peak_kib"] >= run["rss_before_training_kib"] > 0 and run["peak_anon_kib"] > 0

@@ -44,5 +44,5 @@ def test_real_files_go_through_folder_source_verify_and_decoding(tmp_path):
     split = scan_split(out, "train")
     build_store(out, tmp_path / "decoded", 64, multilabel=False)
     pixels = SplitStore(tmp_path / "decoded", "train")[range(len(split.files))]
-    assert pixels.shape == (len(split.files), 3, 64, 64) and pixels.dtype == torch.uint8
+    assert pixels.shape == (len(split.files), 1, 64, 64) and pixels.dtype == torch.uint8  # one channel
     assert pixels.float().std() > 10  # real content, not blank frames

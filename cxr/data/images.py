@@ -20,6 +20,11 @@ def pixel_digest(img: Image.Image) -> str:
     return hashlib.sha256(f"{img.mode}{img.size}".encode() + img.tobytes()).hexdigest()
 
 
+def open_gray(path: Path) -> Image.Image:
+    """Decode an image file into 8-bit grayscale (colour by ITU-R 601 luma), honouring EXIF orientation."""
+    return open_rgb(path).convert("L")
+
+
 def open_rgb(path: Path) -> Image.Image:
     """Decode an image file into 8-bit RGB, honouring EXIF orientation."""
     with Image.open(path) as img:

@@ -3,7 +3,9 @@
 Decoding and resizing a 1024 px PNG costs about as much as a ResNet18 inference, so the
 notebooks' habit of decoding every file in every epoch doubles the cost of an epoch. The
 `decode` stage does it once per dataset and image size into `data/decoded/{split}.npy`
-(N x 3 x S x S uint8, a standard .npy file) plus `index.json` (files, labels, classes).
+(N x 1 x S x S uint8, a standard .npy file) plus `index.json` (files, labels, classes).
+Radiographs are one channel: the store keeps one (a third of the disk, memory and read time of
+RGB rows) and `Runtime.images` expands it to the network's three on the device.
 Batches are read with `pread` into one buffer: memory stays at one batch however large the
 dataset, and the operating system's page cache keeps hot rows in RAM.
 """
@@ -23,29 +25,31 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr.atomic import atomic_dir
-from cxr.data.images import open_rgb
+from cxr.data.images import open_gray
 from cxr.data.splits import SPLITS, DatasetError, scan_split
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 INDEX = "index.json"
-# How a file becomes a row: decoded to 8-bit RGB (cxr.data.images.open_rgb), then resized to a
-# square with PIL's bilinear filter. Recorded in the index and in checkpoints.
-PREPROCESSING = "rgb8-square-bilinear"
+# How a file becomes a row: decoded to 8-bit grayscale (cxr.data.images.open_gray; colour files
+# by ITU-R 601 luma), then resized to a square with PIL's bilinear filter. Recorded in the index
+# and in checkpoints; a checkpoint trained on other rows is refused by prediction.
+PREPROCESSING = "gray8-square-bilinear"
+CHANNELS = 1
 
 
 def decode_image(path: Path | str, image_size: int) -> np.ndarray:
-    """One image file as the model sees it before normalisation: uint8 (3, size, size)."""
-    img = open_rgb(Path(path)).resize((image_size, image_size), Image.BILINEAR)
-    return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+    """One image file as the model sees it before normalisation: uint8 (1, size, size)."""
+    img = open_gray(Path(path)).resize((image_size, image_size), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(img)[None])
 
 
 def _decode_job(job: tuple[str, int]) -> bytes:
     return decode_image(*job).tobytes()
 
 
-def _write_rows(path: Path, n: int, image_size: int, rows: Iterable[bytes], desc: str) -> None:
-    """An .npy file of n uint8 rows (3, size, size), written as they come."""
-    header = {"descr": "|u1", "fortran_order": False, "shape": (n, 3, image_size, image_size)}
+def _write_rows(path: Path, n: int, shape: tuple[int, int, int], rows: Iterable[bytes], desc: str) -> None:
+    """An .npy file of n uint8 rows of `shape` (channels, size, size), written as they come."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": (n, *shape)}
     written = 0
     with path.open("wb") as out:
         np.lib.format.write_array_header_1_0(out, header)
@@ -62,12 +66,14 @@ def write_store(
     classes: Sequence[str],
     multilabel: bool,
     splits: Mapping[str, tuple[Sequence[str], list, Iterable[bytes]]],
+    channels: int = CHANNELS,
 ) -> None:
     """Write a store (replacing `out_dir` atomically) from, per split: relative file names,
-    labels (class indices or multi-hot rows) and an iterable of uint8 rows as bytes."""
+    labels (class indices or multi-hot rows) and an iterable of uint8 rows (channels, S, S) as bytes."""
     index: dict = {
         "format": STORE_FORMAT,
         "image_size": image_size,
+        "channels": channels,
         "preprocessing": PREPROCESSING,
         "multilabel": multilabel,
         "classes": list(classes),
@@ -75,7 +81,7 @@ def write_store(
     }
     with atomic_dir(out_dir) as tmp:
         for name, (files, labels, rows) in splits.items():
-            _write_rows(tmp / f"{name}.npy", len(files), image_size, rows, f"decode {name}")
+            _write_rows(tmp / f"{name}.npy", len(files), (channels, image_size, image_size), rows, f"decode {name}")
             index["splits"][name] = {"files": list(files), "labels": labels}
         (tmp / INDEX).write_text(json.dumps(index) + "\n")
 
@@ -118,7 +124,8 @@ class StoreError(DatasetError):
 
 
 class SplitStore:
-    """One split of the store: `store[idx]` reads rows as a uint8 tensor (B, 3, S, S).
+    """One split of the store: `store[idx]` reads rows as a uint8 tensor (B, C, S, S), C = 1 for this
+    version's stores (3 for RGB rows written with write_store(channels=3)).
 
     `files` are relative to the raw data folder; `labels` as in `cxr.data.images.Split`.
     """
@@ -159,10 +166,11 @@ class SplitStore:
             )
             shape, _, dtype = read_header(f)
             self._offset = f.tell()
-        expected = (len(self.files), 3, self.image_size, self.image_size)
+        self.channels: int = index.get("channels", 3)
+        expected = (len(self.files), self.channels, self.image_size, self.image_size)
         if tuple(shape) != expected or dtype != np.uint8:
             raise StoreError(f"{self.path}: holds {dtype} {tuple(shape)}, the index describes uint8 {expected}")
-        self._row_bytes = 3 * self.image_size * self.image_size
+        self._row_bytes = self.channels * self.image_size * self.image_size
         self._fd = os.open(self.path, os.O_RDONLY)
 
     @property
@@ -174,7 +182,7 @@ class SplitStore:
 
     def __getitem__(self, idx: torch.Tensor | Sequence[int] | slice) -> torch.Tensor:
         rows = range(len(self))[idx] if isinstance(idx, slice) else [int(i) for i in idx]
-        out = torch.empty((len(rows), 3, self.image_size, self.image_size), dtype=torch.uint8)
+        out = torch.empty((len(rows), self.channels, self.image_size, self.image_size), dtype=torch.uint8)
         buffer = out.numpy().reshape(len(rows), self._row_bytes)
         for j, i in enumerate(rows):
             if not 0 <= i < len(self):

@@ -58,8 +58,10 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str)
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """An RGB image (uint8 (3, H, W)) with a Grad-CAM map (H, W) in [0, 1] laid over it in
-    a blue-to-red colour scale."""
+    """An image (uint8 (1 or 3, H, W)) with a Grad-CAM map (H, W) in [0, 1] laid over it in a
+    blue-to-red colour scale."""
+    if pixels.shape[0] == 1:
+        pixels = np.repeat(pixels, 3, axis=0)
     heat = np.clip(cam, 0.0, 1.0)[..., None]
     colours = np.concatenate([heat, 1 - np.abs(2 * heat - 1), 1 - heat], axis=-1) * 255  # red high, blue low
     image = pixels.transpose(1, 2, 0).astype(np.float32)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cxr.data.images import IMAGE_SUFFIXES
-from cxr.data.store import PREPROCESSING, decode_image
+from cxr.data.store import CHANNELS, PREPROCESSING, decode_image
 from cxr.model.checkpoint import CheckpointError
 from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes, thresholded
 from cxr.model.inference import Runtime, predict_probabilities
@@ -57,7 +57,7 @@ def decode_all(files: Sequence[Path], image_size: int) -> tuple[list[Path], np.n
             good.append(path)
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "not a readable image"
             problems.append((str(path), f"not a readable image ({type(exc).__name__}: {exc})"))
-    pixels = np.stack(rows) if rows else np.zeros((0, 3, image_size, image_size), np.uint8)
+    pixels = np.stack(rows) if rows else np.zeros((0, CHANNELS, image_size, image_size), np.uint8)
     return good, pixels, problems
 
 
@@ -79,7 +79,7 @@ def decide(
 
 
 def predict_files(model, spec: ModelSpec, pixels: np.ndarray, batch_size: int = 32, tta: str = "none") -> np.ndarray:
-    """Class probabilities of decoded images (N, 3, S, S), with `tta` as `evaluate.tta`."""
+    """Class probabilities of decoded images (N, C, S, S), with `tta` as `evaluate.tta`."""
     if spec.preprocessing != PREPROCESSING:
         raise CheckpointError(
             f"checkpoint preprocessing {spec.preprocessing!r} is not this version's {PREPROCESSING!r}"

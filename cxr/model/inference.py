@@ -83,8 +83,11 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def images(self, batch: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """uint8 images (B, 3, H, W) on the CPU -> standardised float input on the device."""
+        """uint8 images (B, 1 or 3, H, W) on the CPU -> standardised 3-channel float input on the
+        device (a one-channel radiograph is repeated into the three channels the networks take)."""
         x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
         if augment is not None:
             x = augment(x)
         x = standardize(x)

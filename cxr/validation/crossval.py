@@ -60,7 +60,7 @@ def write_fold_store(pool: Pool, fold_of: list[int], fold: int, k: int, out_dir:
         name: ([pool.files[j] for j in idx], pool.labels[idx].tolist(), pool.row_bytes(idx))
         for name, idx in members.items()
     }
-    write_store(out_dir, pool.image_size, pool.classes, pool.multilabel, splits)
+    write_store(out_dir, pool.image_size, pool.classes, pool.multilabel, splits, pool.parts[0].channels)
     return {name: len(idx) for name, idx in members.items()}
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from cxr.data.archives import ArchiveError
 from cxr.data.images import is_image, pixel_digest
 from cxr.data.near_duplicates import difference_hash, near_pairs
-from cxr.data.splits import LABELS_CSV, METADATA, SPLITS
+from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, confined
 
 UNLABELED = "unlabeled"  # data/raw/unlabeled: a split folder of images without labels (a hand-in set)
 # Folder names accepted for each split, compared case-insensitively.
@@ -189,7 +189,7 @@ def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, se
         rows = list(reader)
     files = []
     for line, row in enumerate(rows, start=2):
-        path = base / row["path"].strip()
+        path = confined(base, (row["path"] or "").strip(), f"{csv_path}:{line}")
         if not path.is_file():
             raise ArchiveError(f"{csv_path}:{line}: {row['path']!r} does not exist")
         files.append(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -74,6 +75,14 @@ def _from_folder(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> 
     folder = Path(data.folder)
     if not folder.is_dir():
         raise DatasetError(f"data.folder={data.folder}: not a folder")
+    links = [Path(top) / name for top, dirs, files in os.walk(folder) for name in dirs + files
+             if (Path(top) / name).is_symlink()]  # fmt: skip
+    if links:  # a link can point anywhere on the host (or at itself); its target would land in data/raw
+        named = ", ".join(str(p) for p in links[:5]) + (" ..." if len(links) > 5 else "")
+        raise DatasetError(
+            f"data.folder={data.folder}: {len(links)} symbolic links refused ({named}); copy the files they point "
+            "to into the folder instead"
+        )
     layout = arrange_splits(folder, out_dir, data.split.val, data.split.test, seed, near_bits)
     return f"a copy of {folder}, {layout}"
 

@@ -35,6 +35,17 @@ class Split:
     labels: np.ndarray
 
 
+def confined(root: Path, relative: str, where: str) -> Path:
+    """`root / relative`, refused (DatasetError naming `where`) unless it stays under `root` once
+    symbolic links are resolved: a data file may not reach outside its dataset."""
+    if not relative or Path(relative).is_absolute() or "\\" in relative:
+        raise DatasetError(f"{where}: path {relative!r} must be relative to {root}, with / separators")
+    path = Path(root) / relative
+    if not path.resolve().is_relative_to(Path(root).resolve()):
+        raise DatasetError(f"{where}: path {relative!r} leads outside {root}; refusing it")
+    return path
+
+
 def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
     """Rows of `split_dir/labels.csv`: `path` (relative to the split folder) and `labels`
     (class names separated by `;`)."""
@@ -46,7 +57,7 @@ def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
         rows = []
         for line, row in enumerate(reader, start=2):
             labels = tuple(sorted({x.strip() for x in (row["labels"] or "").split(";") if x.strip()}))
-            path = split_dir / (row["path"] or "").strip()
+            path = confined(split_dir, (row["path"] or "").strip(), f"{csv_path}:{line}")
             if not labels:
                 raise DatasetError(f"{csv_path}:{line}: no labels for {row['path']!r}")
             if not path.is_file():

@@ -46,13 +46,21 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelSpec, dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; run `dvc repro train` first")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {payload.get('format')!r}, expected {FORMAT_VERSION}")
-    raw = payload["spec"]
-    spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    model = spec.build()
-    model.load_state_dict(payload["model"])
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - empty, text, truncated or foreign files all end here
+        raise CheckpointError(f"{path}: not a checkpoint this pipeline wrote ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: checkpoint format {found!r}, expected {FORMAT_VERSION}")
+    try:
+        spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["spec"].items()})
+        model = spec.build()
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path}: its spec and weights do not make a model ({type(exc).__name__}: {exc})"
+        ) from None
     model.eval()
     return model, spec, payload
 

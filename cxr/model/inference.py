@@ -156,4 +156,13 @@ def predict_probabilities(
         logits = predict_logits(model, inputs, batch_size, runtime, lambda b, v=view: runtime.images(v(b)))
         probs = to_probs(logits)
         total = probs if total is None else total + probs
+    if total is not None and not torch.isfinite(total).all():
+        raise NonFiniteOutputError(
+            f"the model gives non-finite probabilities for {int((~torch.isfinite(total)).any(1).sum())} of "
+            f"{len(total)} images: its weights are broken (a diverged run); retrain with a lower train.lr"
+        )
     return total / len(views)
+
+
+class NonFiniteOutputError(ConfigError):
+    """A model whose outputs are NaN or infinite: scores and decisions from it would be meaningless."""

@@ -127,7 +127,8 @@ def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generat
     dist, runtime = fit.dist, fit.runtime
     train_mode(fit.model, fit.freeze_mode)
     loss_sums, seen_labels, seen_preds = [], [], []
-    order = [dist.share(b) for b in batches(len(labels), batch_size, generator) if len(b) >= dist.world]
+    # a last batch leaving a process one image is left out: BatchNorm cannot train on one value per channel
+    order = [dist.share(b) for b in batches(len(labels), batch_size, generator) if len(b) >= 2 * dist.world]
     loader = prefetched(inputs, order, pin=runtime.device.type == "cuda")
     quiet = not dist.is_main
     progress = tqdm(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,15 @@ from cxr.train.augment import augment_batch, is_active
 from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed
 from cxr.train.features import cache_applies, load_features
-from cxr.train.loop import EpochResult, Fit, evaluate_epoch, release_large_blocks, seed_everything, train_epoch
+from cxr.train.loop import (
+    EpochResult,
+    Fit,
+    NonFiniteLossError,
+    evaluate_epoch,
+    release_large_blocks,
+    seed_everything,
+    train_epoch,
+)
 from cxr.train.optim import make_optimizer, make_schedule
 
 __all__ = ["ResumeError", "train"]
@@ -173,6 +182,15 @@ def one_epoch(run: Run, epoch: int) -> tuple[float, EpochResult, EpochResult]:
     return lr, fit, val
 
 
+def refuse_non_finite(val: EpochResult, epoch: int, lr: float) -> None:
+    """A NaN or infinite validation loss means broken weights: stop before they can become 'best'."""
+    if not (math.isfinite(val.loss) and math.isfinite(val.f1)):
+        raise NonFiniteLossError(
+            f"train: validation loss is {val.loss} after epoch {epoch + 1} (lr {lr:g}); training stopped and the "
+            f"last good checkpoint kept. Lower train.lr (e.g. to {lr / 10:g}) and run again."
+        )
+
+
 def is_better(val: EpochResult, best: dict | None) -> bool:
     """Best epoch: highest val macro F1, ties broken by the lower val loss."""
     return best is None or (val.f1, -val.loss) > (best["val_f1"], -best["val_loss"])
@@ -226,6 +244,7 @@ def train(
             for epoch in tqdm(range(start, params.train.epochs), desc="epochs", unit="epoch", initial=start,
                               total=params.train.epochs, disable=not dist.is_main):  # fmt: skip
                 lr, fit, val = one_epoch(run, epoch)
+                refuse_non_finite(val, epoch, lr)
                 log_epoch(live, run, epoch, lr, fit, val)
                 if is_better(val, best):
                     best = {"epoch": epoch + 1, "val_f1": val.f1, "val_loss": val.loss, "val_accuracy": val.accuracy}

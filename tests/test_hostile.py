@@ -1,0 +1,140 @@
+"""Hostile and careless data (issue 14): paths that escape, links, broken checkpoints, NaN runs,
+a one-image last batch. Each case is refused by name or handled; nothing outside is written."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import pytest
+import torch
+
+from cxr.config import parse_params
+from cxr.data import sources
+from cxr.data.splits import DatasetError, scan_split
+from cxr.model.checkpoint import CheckpointError, load_checkpoint
+from cxr.train.loop import NonFiniteLossError
+from tests.conftest import tiny_params_dict, train_on
+
+
+def _folder_params(folder) -> object:
+    raw = tiny_params_dict()
+    raw["data"].update(source="folder", folder=str(folder))
+    return parse_params(raw).data
+
+
+def _csv_dataset(root, demo_root, bad_row: str):
+    root.mkdir()
+    with (root / "labels.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "patient_id"])
+        for i, png in enumerate(sorted(demo_root.rglob("*.png"))[:20]):
+            shutil.copy(png, root / f"{i}.png")
+            writer.writerow([f"{i}.png", png.parent.name, f"p{i}"])
+        writer.writerow([bad_row, "normal", "p99"])
+
+
+@pytest.mark.parametrize("bad_row", ["../../outside/secret.txt", "/etc/hostname", "sub\\..\\..\\x.png"])
+def test_a_root_labels_csv_cannot_reach_outside_the_dataset(tmp_path, demo_root, bad_row):
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("host secret")
+    folder = tmp_path / "data" / "in"
+    folder.parent.mkdir()
+    _csv_dataset(folder, demo_root, bad_row)
+    out = tmp_path / "copied"
+    out.mkdir()
+    with pytest.raises(DatasetError, match=r"labels.csv:22: path .* (leads outside|must be relative)"):
+        sources.write_dataset(_folder_params(folder), 0, out)
+    assert not any(p.name == "secret.txt" for p in out.rglob("*"))
+
+
+def test_a_split_labels_csv_cannot_reach_outside_its_split(tmp_path, demo_root):
+    split = demo_root / "train"
+    (tmp_path / "secret.png").write_bytes((split / "normal").iterdir().__next__().read_bytes())
+    with (split / "labels.csv").open("w") as f:
+        f.write("path,labels\nnormal/" + next((split / "normal").iterdir()).name + ",normal\n")
+        f.write("../../secret.png,normal\n")
+    with pytest.raises(DatasetError, match=r"labels.csv:3: path '../../secret.png' leads outside"):
+        scan_split(demo_root, "train")
+    (split / "labels.csv").write_text(f"path,labels\n{tmp_path / 'secret.png'},normal\n")
+    with pytest.raises(DatasetError, match=r"labels.csv:2: path .* must be relative"):
+        scan_split(demo_root, "train")
+
+
+def test_links_in_a_source_folder_are_refused_by_name(tmp_path, demo_root):
+    (tmp_path / "secret.txt").write_text("host secret")
+    os.symlink(tmp_path / "secret.txt", demo_root / "train" / "normal" / "host.png")
+    out = tmp_path / "copied"
+    out.mkdir()
+    with pytest.raises(DatasetError, match=r"1 symbolic links refused \(.*host.png\)"):
+        sources.write_dataset(_folder_params(demo_root), 0, out)
+    (demo_root / "train" / "normal" / "host.png").unlink()
+    os.symlink(demo_root / "train", demo_root / "train" / "loop")  # a link loop
+    with pytest.raises(DatasetError, match=r"symbolic links refused \(.*loop\)"):
+        sources.write_dataset(_folder_params(demo_root), 0, out)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n", b"PK\x03\x04truncated"])
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, content):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"model.pt: not a checkpoint this pipeline wrote"):
+        load_checkpoint(bad)
+
+
+def test_a_checkpoint_of_another_architecture_is_named(tmp_path, demo_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_on(parse_params(tiny_params_dict(epochs=1)), demo_root, tmp_path)
+    payload = torch.load(tmp_path / "models/model.pt", weights_only=True)
+    payload["spec"]["arch"] = "vgg16"
+    torch.save(payload, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match=r"wrong.pt: its spec and weights do not make a model"):
+        load_checkpoint(tmp_path / "wrong.pt")
+
+
+def test_a_nan_validation_loss_stops_training_and_keeps_the_last_good_model(tmp_path, demo_root, monkeypatch):
+    from cxr.train import run as run_module
+
+    real = run_module.evaluate_epoch
+    calls = {"n": 0}
+
+    def second_epoch_diverges(*args, **kwargs):
+        calls["n"] += 1
+        result = real(*args, **kwargs)
+        if calls["n"] == 2:
+            result.loss = float("nan")
+        return result
+
+    monkeypatch.setattr(run_module, "evaluate_epoch", second_epoch_diverges)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"validation loss is nan after epoch 2"):
+        train_on(parse_params(tiny_params_dict(epochs=3)), demo_root, tmp_path)
+    assert torch.load(tmp_path / "models/model.pt", weights_only=True)["epoch"] == 1
+
+
+def test_broken_weights_are_refused_by_prediction(tmp_path, demo_root, monkeypatch):
+    from stages import predict
+
+    monkeypatch.chdir(tmp_path)
+    train_on(parse_params(tiny_params_dict(epochs=1)), demo_root, tmp_path)
+    payload = torch.load(tmp_path / "models/model.pt", weights_only=True)
+    payload["model"] = {
+        k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in payload["model"].items()
+    }
+    torch.save(payload, tmp_path / "nan.pt")
+    image = next((demo_root / "test" / "normal").iterdir())
+    with pytest.raises(Exception, match=r"non-finite probabilities"):
+        predict.run([str(image), "--model", str(tmp_path / "nan.pt"), "--metrics", str(tmp_path / "none.json")])
+
+
+def test_a_last_batch_of_one_image_is_left_out_not_a_crash(tmp_path, demo_root, monkeypatch):
+    extra = next((demo_root / "train" / "normal").iterdir())
+    shutil.copy(extra, extra.with_name("one_more.png"))  # 25 training images, batches of 8: 8+8+8+1
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_params_dict(epochs=1)
+    raw["verify"]["max_leaks"] = 5
+    best = train_on(parse_params(raw), demo_root, tmp_path)
+    assert best["epoch"] == 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.atomic import write_text
+from cxr.data.images import DEFAULT_MAX_PIXELS
 from cxr.evaluate.predict import decide, decode_all, find_images, predict_files, render
 from cxr.evaluate.run import load_decision_thresholds
 from cxr.model.checkpoint import load_checkpoint
@@ -32,6 +33,12 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=MODEL_PATH, help=f"checkpoint (default {MODEL_PATH})")
     parser.add_argument("--out", type=Path, help="write CSV (or JSON for *.json) here instead of standard output")
     parser.add_argument("--metrics", type=Path, default=TEST_METRICS, help="where evaluate's thresholds are read")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="larger images are skipped by name (default %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     model, spec, _ = load_checkpoint(args.model)
@@ -40,7 +47,9 @@ def run(argv: list[str] | None = None) -> int:
     problems = list(found.problems)
     files, parts = [], []
     for start in range(0, len(found.files), IMAGES_PER_PASS):  # decoded a chunk at a time: memory stays bounded
-        good, pixels, unreadable = decode_all(found.files[start : start + IMAGES_PER_PASS], spec.image_size)
+        good, pixels, unreadable = decode_all(
+            found.files[start : start + IMAGES_PER_PASS], spec.image_size, args.max_pixels
+        )
         problems += unreadable
         if good:
             files += good

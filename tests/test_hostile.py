@@ -138,3 +138,32 @@ def test_a_last_batch_of_one_image_is_left_out_not_a_crash(tmp_path, demo_root, 
     raw["verify"]["max_leaks"] = 5
     best = train_on(parse_params(raw), demo_root, tmp_path)
     assert best["epoch"] == 1
+
+
+def test_predict_refuses_a_16_bit_png_bomb_by_name_under_a_memory_bound(tmp_path, demo_root, monkeypatch):
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    train_on(parse_params(tiny_params_dict(epochs=1)), demo_root, tmp_path)
+    bomb = tmp_path / "bomb.png"
+    Image.fromarray(np.full((12_000, 12_000), 3000, np.uint16)).save(bomb)  # 144 M pixels in a small file
+    assert bomb.stat().st_size < 2_000_000
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [str(bomb), "--model", "models/model.pt", "--metrics", "none.json"]
+    child = (  # the child reports its own peak resident memory
+        f"import resource, runpy, sys; sys.argv = ['predict', *{args!r}]\n"
+        "try:\n    runpy.run_module('stages.predict', run_name='__main__')\n"
+        "finally:\n    print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", child], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 1 and "12000x12000 = 144,000,000 pixels, over the limit" in run.stderr, run.stderr
+    peak_mib = int(run.stderr.rsplit("PEAK_KIB", 1)[1].split()[0]) / 1024
+    assert peak_mib < 1500, peak_mib  # decoding it would take over 1.5 GiB on top of torch

@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from cxr.errors import PipelineError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# verify.max_pixels' default, for code run without params (stages.predict): a 16-bit PNG of a few
+# hundred KB can hold hundreds of millions of pixels, and decoding it takes gigabytes
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageTooLarge(PipelineError, ValueError):
+    """An image over the pixel limit: refused by name before decoding."""
 
 
 def is_image(path: Path) -> bool:
@@ -20,14 +29,24 @@ def pixel_digest(img: Image.Image) -> str:
     return hashlib.sha256(f"{img.mode}{img.size}".encode() + img.tobytes()).hexdigest()
 
 
-def open_gray(path: Path) -> Image.Image:
+def open_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image file into 8-bit grayscale (colour by ITU-R 601 luma), honouring EXIF orientation."""
-    return open_rgb(path).convert("L")
+    return open_rgb(path, max_pixels).convert("L")
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Decode an image file into 8-bit RGB, honouring EXIF orientation."""
+def check_pixels(img: Image.Image, path: Path, max_pixels: int) -> None:
+    """Refuse an image larger than `max_pixels`, from its header, before anything is decoded."""
+    if img.width * img.height > max_pixels:
+        raise ImageTooLarge(
+            f"{path}: {img.width}x{img.height} = {img.width * img.height:,} pixels, over the limit of {max_pixels:,} "
+            "(verify.max_pixels); downscale it or raise the limit"
+        )
+
+
+def open_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file into 8-bit RGB, honouring EXIF orientation; refuses images over `max_pixels`."""
     with Image.open(path) as img:
+        check_pixels(img, Path(path), max_pixels)
         img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(img, dtype=np.float32)

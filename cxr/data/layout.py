@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from cxr.data.archives import ArchiveError
-from cxr.data.images import is_image, pixel_digest
+from cxr.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, check_pixels, is_image, pixel_digest
 from cxr.data.near_duplicates import difference_hash, near_pairs
-from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, confined
+from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, DatasetError, confined
 
 UNLABELED = "unlabeled"  # data/raw/unlabeled: a split folder of images without labels (a hand-in set)
 # Folder names accepted for each split, compared case-insensitively.
@@ -99,16 +99,26 @@ class _Groups:
                 self.union(first.setdefault(key, i), i)
 
 
-def image_groups(files: list[Path], patients: list[str | None], near_bits: int = 8) -> list[int]:
+def image_groups(
+    files: list[Path], patients: list[str | None], near_bits: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[int]:
     """A group id per file: files with identical pixels, near-identical ones (perceptual hash
     within `near_bits`) or one patient share a group, which splits and folds never separate."""
     groups = _Groups(len(files))
     digests, hashes = [], []
     for path in files:
-        with Image.open(path) as img:
-            img.load()
-            digests.append(pixel_digest(img))
-            hashes.append(difference_hash(img))
+        try:
+            with Image.open(path) as img:
+                check_pixels(img, path, max_pixels)
+                img.load()
+                digests.append(pixel_digest(img))
+                hashes.append(difference_hash(img))
+        except ImageTooLarge as exc:
+            raise DatasetError(f"cannot split the dataset: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
+            raise DatasetError(
+                f"cannot split the dataset: {path} does not decode ({type(exc).__name__}: {exc}); remove or replace it"
+            ) from None
     groups.join_by(digests)
     groups.join_by(patients)
     if hashes:

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr.atomic import atomic_dir
-from cxr.data.images import open_gray
+from cxr.data.images import DEFAULT_MAX_PIXELS, open_gray
 from cxr.data.splits import SPLITS, DatasetError, scan_split
 
 STORE_FORMAT = 2
@@ -37,9 +37,9 @@ PREPROCESSING = "gray8-square-bilinear"
 CHANNELS = 1
 
 
-def decode_image(path: Path | str, image_size: int) -> np.ndarray:
+def decode_image(path: Path | str, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """One image file as the model sees it before normalisation: uint8 (1, size, size)."""
-    img = open_gray(Path(path)).resize((image_size, image_size), Image.BILINEAR)
+    img = open_gray(Path(path), max_pixels).resize((image_size, image_size), Image.BILINEAR)
     return np.ascontiguousarray(np.asarray(img)[None])
 
 

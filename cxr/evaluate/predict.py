@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr.data.images import IMAGE_SUFFIXES
+from cxr.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from cxr.data.store import CHANNELS, PREPROCESSING, decode_image
 from cxr.model.checkpoint import CheckpointError
 from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes, thresholded
@@ -48,12 +48,15 @@ def find_images(paths: Iterable[str | Path]) -> Inputs:
     return found
 
 
-def decode_all(files: Sequence[Path], image_size: int) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
-    """Decode each file as the store does; files that are not readable images are reported."""
+def decode_all(
+    files: Sequence[Path], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
+    """Decode each file as the store does; files that are not readable images, or larger than
+    `max_pixels`, are reported."""
     good, rows, problems = [], [], []
     for path in files:
         try:
-            rows.append(decode_image(path, image_size))
+            rows.append(decode_image(path, image_size, max_pixels))
             good.append(path)
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "not a readable image"
             problems.append((str(path), f"not a readable image ({type(exc).__name__}: {exc})"))

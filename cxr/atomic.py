@@ -35,6 +35,33 @@ def write_json(target: Path | str, data: object) -> None:
     write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def scratch_prefix(name: str) -> str:
+    """Prefix of a temporary file or folder that names its owner: `.{name}.pid{pid}.`."""
+    return f".{name}.pid{os.getpid()}."
+
+
+def remove_stale(parent: Path | str) -> list[Path]:
+    """Remove temporary folders and files in `parent` whose owning process has died (a killed
+    stage); return what was removed. Those of living processes are left alone."""
+    removed = []
+    for entry in Path(parent).glob(".*.pid*.*"):
+        pid = entry.name.split(".pid", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target`; on success it replaces `target`.
@@ -43,12 +70,13 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale(target.parent)  # what a killed run left behind
+    tmp = Path(tempfile.mkdtemp(prefix=scratch_prefix(target.name), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         old = None
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=scratch_prefix(target.name), suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
         os.replace(tmp, target)
         if old is not None:

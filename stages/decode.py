@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from cxr.config import Params, load_params
-from cxr.data.splits import excluded_files
+from cxr.data.splits import DatasetError, excluded_files, split_classes
 from cxr.data.store import build_store
 from cxr.paths import DATA_METRICS, DECODED_DIR, RAW_DIR
 from cxr.stage import stage
@@ -16,6 +16,12 @@ def decode(params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = DECODED_DIR,
     """Decode every split of `raw_dir` at train.image_size into the store at `out_dir`."""
     start = time.perf_counter()
     multilabel = params.data.task == "multilabel"
+    classes = split_classes(Path(raw_dir) / "train")
+    if params.data.task == "binary" and len(classes) != 2:
+        raise DatasetError(
+            f"data.task is binary but {raw_dir}/train has {len(classes)} classes {list(classes)}; "
+            "set data.task: multiclass (or multilabel), or keep two class folders"
+        )
     skip = excluded_files(data_metrics, raw_dir)
     counts = build_store(raw_dir, out_dir, params.train.image_size, multilabel, skip)
     total = sum(counts.values())

@@ -34,6 +34,11 @@ def verify(params: Params, raw_dir: Path = RAW_DIR, metrics: Path = DATA_METRICS
         if v.on_shortcut == "fail":
             raise DatasetError(loud + " (verify.on_shortcut: fail)")
         print(loud)
+    if found.ignored:
+        print(
+            f"verify: WARNING: {len(found.ignored)} files are not images by their suffix and are left out: "
+            + ", ".join(found.ignored[:10]) + (" ..." if len(found.ignored) > 10 else "")
+        )  # fmt: skip
     for kind, groups in (("within a split", found.duplicates_within), ("across splits", found.duplicates_across)):
         for group in groups:
             print(f"verify: identical images {kind}: {' = '.join(group)}")

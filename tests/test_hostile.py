@@ -15,6 +15,7 @@ from cxr.data import sources
 from cxr.data.splits import DatasetError, scan_split
 from cxr.model.checkpoint import CheckpointError, load_checkpoint
 from cxr.train.loop import NonFiniteLossError
+from tests.conftest import REPO as REPO_ROOT
 from tests.conftest import tiny_params_dict, train_on
 
 
@@ -167,3 +168,42 @@ def test_predict_refuses_a_16_bit_png_bomb_by_name_under_a_memory_bound(tmp_path
     assert run.returncode == 1 and "12000x12000 = 144,000,000 pixels, over the limit" in run.stderr, run.stderr
     peak_mib = int(run.stderr.rsplit("PEAK_KIB", 1)[1].split()[0]) / 1024
     assert peak_mib < 1500, peak_mib  # decoding it would take over 1.5 GiB on top of torch
+
+
+def test_what_a_killed_extraction_left_is_removed_and_ignored_by_git(tmp_path):
+    import subprocess
+    import sys
+
+    from cxr.atomic import atomic_dir, remove_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".extract.pid{int(dead.stdout)}.abc"
+    (stale / "train").mkdir(parents=True)
+    mine = tmp_path / f".raw.pid{os.getpid()}.xyz.tmp"
+    mine.mkdir()
+    assert remove_stale(tmp_path) == [stale] and mine.exists()
+    with atomic_dir(tmp_path / "raw") as tmp:
+        assert ".pid" in tmp.name
+    ignored = subprocess.run(["git", "check-ignore", "-q", "data/.raw.pid123.abc.tmp"], cwd=REPO_ROOT)
+    assert ignored.returncode == 0
+
+
+def test_binary_task_with_three_classes_is_refused(tmp_path):
+    from cxr.data.demo import write_demo_dataset
+    from stages.decode import decode
+
+    raw = tiny_params_dict()
+    raw["data"]["task"] = "multiclass"
+    write_demo_dataset(tmp_path / "raw", parse_params(raw).data, 0)
+    with pytest.raises(DatasetError, match=r"data.task is binary but .* has 3 classes"):
+        decode(parse_params(tiny_params_dict()), tmp_path / "raw", tmp_path / "decoded", tmp_path / "none.json")
+
+
+def test_files_that_are_not_images_are_named_by_verify(demo_root, capsys, tmp_path):
+    from stages.verify import verify
+
+    (demo_root / "train" / "normal" / "notes.docx").write_text("x")
+    shaped = verify(parse_params(tiny_params_dict()), demo_root, tmp_path / "d.json", tmp_path / "r.md")
+    assert shaped["total"] == 48
+    assert "1 files are not images by their suffix and are left out: train/normal/notes.docx" in capsys.readouterr().out
+    assert "train/normal/notes.docx" in (tmp_path / "r.md").read_text()

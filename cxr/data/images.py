@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 
 from cxr.errors import PipelineError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # verify.max_pixels' default, for code run without params (stages.predict): a 16-bit PNG of a few
 # hundred KB can hold hundreds of millions of pixels, and decoding it takes gigabytes
 DEFAULT_MAX_PIXELS = 50_000_000

@@ -67,6 +67,7 @@ def render_report(report: VerifyReport, root: str, audit: dict | None = None, li
         lines.append(f"Sizes: from {w0}x{h0} to {w1}x{h1} pixels")
     sections = [
         ("Unreadable files excluded (verify.on_corrupt: skip)", report.excluded),
+        ("Files left out: not images by their suffix", report.ignored),
         ("Identical images across splits (leaks)", [" = ".join(g) for g in report.duplicates_across]),
         ("Near duplicates across splits (leaks)", [" ~ ".join(g) for g in report.near_across]),
         ("Patients in several splits (leaks)", [f"{p}: {', '.join(s)}" for p, s in report.patients_across.items()]),

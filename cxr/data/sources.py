@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+from cxr.atomic import remove_stale, scratch_prefix
 from cxr.config import DataConfig
 from cxr.data.archives import safe_extract
 from cxr.data.demo import write_demo_dataset
@@ -23,7 +24,8 @@ def _from_demo(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> st
 
 
 def _unpack(archive: Path, data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".extract.") as tmp:
+    remove_stale(out_dir.parent)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=scratch_prefix("extract")) as tmp:
         safe_extract(archive, Path(tmp))
         return arrange_splits(Path(tmp), out_dir, data.split.val, data.split.test, seed, near_bits, move=True)
 

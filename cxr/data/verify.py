@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr.data.images import pixel_digest
+from cxr.data.images import IMAGE_SUFFIXES, pixel_digest
 from cxr.data.near_duplicates import difference_hash, near_pairs
 from cxr.data.shortcuts import appearance
 from cxr.data.splits import (
+    LABELS_CSV,
     SPLITS,
     DatasetError,
     class_counts,
@@ -54,6 +55,7 @@ class VerifyReport:
     modes: dict[str, int] = field(default_factory=dict)  # image mode (L, RGB, I;16, ...) -> files
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the smallest and largest
     excluded: list[str] = field(default_factory=list)  # unreadable files skipped (verify.on_corrupt: skip)
+    ignored: list[str] = field(default_factory=list)  # files that are not images by their suffix: left out
     appearance: list[dict] = field(default_factory=list)  # per readable image: label, group, source, properties
 
     @property
@@ -145,6 +147,20 @@ def appearance_rows(root: Path, records: list[FileRecord], labels_of: dict[Path,
     return rows
 
 
+def ignored_files(root: Path) -> list[str]:
+    """Files in the splits that are neither images (IMAGE_SUFFIXES) nor a labels.csv: left out, and named."""
+    return sorted(
+        str(p.relative_to(root))
+        for split in SPLITS
+        if (root / split).is_dir()
+        for p in (root / split).rglob("*")
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.name != LABELS_CSV
+        and p.suffix.lower() not in IMAGE_SUFFIXES
+    )
+
+
 def patients_across(root: Path, splits) -> dict[str, list[str]]:
     """Patient ids (from the splits' labels.csv) found in more than one split."""
     splits_of_patient: dict[str, list[str]] = defaultdict(list)
@@ -213,6 +229,7 @@ def verify_splits(
         report.sizes = [by_area[0], by_area[-1]]
     find_copies(root, good, near_bits, report)
     report.patients_across = patients_across(root, counts)
+    report.ignored = ignored_files(root)
     report.appearance = appearance_rows(root, good, labels_of)
     problems += leak_problem(report, max_leaks, near_bits)
     if problems:

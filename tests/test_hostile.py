@@ -207,3 +207,65 @@ def test_files_that_are_not_images_are_named_by_verify(demo_root, capsys, tmp_pa
     assert shaped["total"] == 48
     assert "1 files are not images by their suffix and are left out: train/normal/notes.docx" in capsys.readouterr().out
     assert "train/normal/notes.docx" in (tmp_path / "r.md").read_text()
+
+
+def test_a_second_trainer_is_refused_while_one_holds_the_workspace(tmp_path, demo_root, monkeypatch):
+    from cxr.train.exclusive import TrainingLockError, training_lock
+
+    monkeypatch.chdir(tmp_path)
+    with training_lock(tmp_path / "models/.train.lock"):
+        with pytest.raises(TrainingLockError, match=rf"another training run \(pid {os.getpid()}\)"):
+            train_on(parse_params(tiny_params_dict(epochs=1)), demo_root, tmp_path)
+    train_on(parse_params(tiny_params_dict(epochs=1)), demo_root, tmp_path)  # free again: trains
+
+
+def _interrupted_at_epoch_3(tmp_path, demo_root, monkeypatch):
+    """A 4-epoch run whose validation F1 only falls after epoch 1, killed during epoch 3."""
+    from cxr.train import run as run_module
+
+    real_eval, real_train, calls = run_module.evaluate_epoch, run_module.train_epoch, {"n": 0}
+
+    def falling(*args, **kwargs):
+        calls["n"] += 1
+        result = real_eval(*args, **kwargs)
+        result.f1 = 1.0 / calls["n"]  # the best epoch is the first
+        return result
+
+    def killed(*args, **kwargs):
+        if kwargs["epoch"] == 3:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "evaluate_epoch", falling)
+    monkeypatch.setattr(run_module, "train_epoch", killed)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train_on(parse_params(tiny_params_dict(epochs=4)), demo_root, tmp_path)
+    monkeypatch.setattr(run_module, "train_epoch", real_train)
+    return torch.load(tmp_path / "models/model.pt", weights_only=True)
+
+
+def test_resume_keeps_the_best_model_that_dvc_removed(tmp_path, demo_root, monkeypatch):
+    best_before = _interrupted_at_epoch_3(tmp_path, demo_root, monkeypatch)
+    assert best_before["epoch"] == 1
+    (tmp_path / "models/model.pt").unlink()  # what `dvc repro` does to a non-persistent output
+    train_on(parse_params(tiny_params_dict(epochs=4, resume=True)), demo_root, tmp_path)
+    after = torch.load(tmp_path / "models/model.pt", weights_only=True)
+    assert after["epoch"] == 1 and all(torch.equal(after["model"][k], best_before["model"][k]) for k in after["model"])
+
+
+def test_resume_continues_the_interrupted_state_when_last_pt_was_replaced(tmp_path, demo_root, monkeypatch, capsys):
+    from cxr.model.checkpoint import shadow_of
+
+    _interrupted_at_epoch_3(tmp_path, demo_root, monkeypatch)
+    last = tmp_path / "models/last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["epoch"] == 2 and shadow_of(last).is_file()
+    state["epoch"] = 0  # `dvc exp run` checked out an older (committed) last.pt over the interrupted one
+    last.unlink()
+    torch.save(state, last)
+    train_on(parse_params(tiny_params_dict(epochs=4, resume=True)), demo_root, tmp_path)
+    assert "resuming from" in capsys.readouterr().out
+    assert torch.load(last, weights_only=True)["epoch"] == 4
+    losses = (tmp_path / "metrics/train/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
+    assert [int(row.split("\t")[0]) for row in losses] == [0, 1, 2, 3]  # steps in order, none repeated

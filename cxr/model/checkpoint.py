@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,6 +82,7 @@ def save_training_state(path: Path | str, run, epoch: int, best: dict, signature
             "average": run.fit.average.state_dict(),
             "epoch": epoch,  # epochs finished; also the next dvclive step
             "best": best,
+            "best_model": run.best_weights,  # what models/model.pt holds, in case DVC removed it
             "signature": signature,
             "torch_rng": torch.get_rng_state(),
             "batch_rng": run.generator.get_state(),
@@ -88,12 +91,42 @@ def save_training_state(path: Path | str, run, epoch: int, best: dict, signature
     )
 
 
-def restore_training_state(path: Path | str, run, signature: dict) -> tuple[int, dict]:
-    """Load the state `save_training_state` wrote into `run`; return (finished epochs, best scores).
+def shadow_of(path: Path | str) -> Path:
+    """A second name for the training state (a hard link, git-ignored, not a DVC output): when
+    `dvc exp run` checks out the committed last.pt over an interrupted one, it still holds the
+    interrupted run's state."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.resume{path.suffix}")
 
-    Refuses a state written under other params (`signature`), naming the keys that differ.
+
+def link_shadow(path: Path | str) -> None:
+    shadow = shadow_of(path)
+    shadow.unlink(missing_ok=True)
+    try:
+        os.link(path, shadow)
+    except OSError:  # no hard links on this file system: a copy
+        shutil.copyfile(path, shadow)
+
+
+def newest_state(path: Path | str, signature: dict) -> tuple[Path, dict]:
+    """The training state to resume: of `path` and its shadow, the one written by a run with these
+    params (`signature`) that got furthest. Refuses, naming the keys that differ, when neither was."""
+    found = []
+    for candidate in (Path(path), shadow_of(path)):
+        if candidate.is_file():
+            found.append((candidate, torch.load(candidate, map_location="cpu", weights_only=True)))
+    matching = [(p, s) for p, s in found if s["signature"] == signature]
+    if matching:
+        return max(matching, key=lambda ps: ps[1]["epoch"])
+    return found[0]
+
+
+def restore_training_state(path: Path | str, run, signature: dict) -> tuple[int, dict]:
+    """Load the state `save_training_state` wrote (or its shadow, whichever got further under these
+    params) into `run`; return (finished epochs, best scores). Refuses a state written under other
+    params (`signature`), naming the keys that differ.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    path, state = newest_state(path, signature)
     if state["signature"] != signature:
         old, new = state["signature"], signature
         changed = sorted(
@@ -110,6 +143,7 @@ def restore_training_state(path: Path | str, run, signature: dict) -> tuple[int,
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.fit.average.load_state_dict(state.get("average", {}))
+    run.best_weights = state.get("best_model")
     torch.set_rng_state(state["torch_rng"])
     run.generator.set_state(state["batch_rng"])
     if state["cuda_rng"]:

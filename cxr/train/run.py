@@ -16,7 +16,13 @@ from tqdm import tqdm
 from cxr.config import Params
 from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
-from cxr.model.checkpoint import ResumeError, restore_training_state, save_checkpoint, save_training_state
+from cxr.model.checkpoint import (
+    ResumeError,
+    link_shadow,
+    restore_training_state,
+    save_checkpoint,
+    save_training_state,
+)
 from cxr.model.inference import Runtime
 from cxr.model.losses import balanced_class_weights, make_loss
 from cxr.model.networks import head_name
@@ -25,6 +31,7 @@ from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LI
 from cxr.train.augment import augment_batch, is_active
 from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed
+from cxr.train.exclusive import die_with_parent, training_lock
 from cxr.train.features import cache_applies, load_features
 from cxr.train.loop import (
     EpochResult,
@@ -52,6 +59,7 @@ class Run:
     generator: torch.Generator
     data: dict[str, tuple]  # split -> (inputs, labels)
     trainable: int
+    best_weights: dict | None = None  # CPU copy of the best epoch's weights, kept in the training state
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -145,6 +153,14 @@ def restore(run: Run, last_path: Path) -> tuple[int, dict | None]:
     return start, best
 
 
+def keep_best_model(run: Run, model_path: Path, best: dict | None) -> None:
+    """After a resume: DVC removes models/model.pt before the stage runs, and a later epoch may never
+    beat the best one, so write it back from the training state."""
+    if best is not None and run.best_weights is not None and run.fit.dist.is_main and not model_path.is_file():
+        save_checkpoint(model_path, run.best_weights, run.spec, **best)
+        run.say(f"train: {model_path} restored from the training state (best epoch {best['epoch']})")
+
+
 def describe(run: Run) -> str:
     cfg, fit = run.params.train, run.fit
     processes = f", {fit.dist.world} processes" if fit.dist.active else ""
@@ -231,35 +247,46 @@ def train(
 ) -> dict:
     """Train per `params`; keep the best epoch (val macro F1) at `model_path`. Returns the best scores."""
     dist = Distributed.from_env()
+    die_with_parent()
+    lock = training_lock(Path(last_path).parent / ".train.lock") if dist.is_main else contextlib.nullcontext()
     try:
-        if params.train.low_memory and release_large_blocks() and dist.is_main:
-            print("train: train.low_memory: allocations over 8 MiB are returned to the system when freed")
-        run = build_run(params, store_dir, features_dir, dist)
-        start, best = restore(run, last_path)
-        run.say(describe(run))
-        signature = run_signature(params, run.spec.classes)
-        with _open_log(run, live_dir, start) as live:
-            live.step = start  # dvclive's own resume skips step 0; the checkpoint knows the truth
-            live.log_metric("trainable_params", run.trainable, plot=False)
-            for epoch in tqdm(range(start, params.train.epochs), desc="epochs", unit="epoch", initial=start,
-                              total=params.train.epochs, disable=not dist.is_main):  # fmt: skip
-                lr, fit, val = one_epoch(run, epoch)
-                refuse_non_finite(val, epoch, lr)
-                log_epoch(live, run, epoch, lr, fit, val)
-                if is_better(val, best):
-                    best = {"epoch": epoch + 1, "val_f1": val.f1, "val_loss": val.loss, "val_accuracy": val.accuracy}
-                    if dist.is_main:
-                        save_checkpoint(model_path, scored_state(run), run.spec, **best)
-                live.next_step()
-                if dist.is_main:
-                    save_training_state(last_path, run, epoch + 1, best, signature)
-                if stalled(run, epoch, best):
-                    break
-            live.summary.setdefault("best", {}).update({k: best[k] for k in ("epoch", "val_f1", "val_accuracy")})
-        run.say(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")
-        return best
+        with lock:
+            return _train(params, store_dir, model_path, last_path, live_dir, features_dir, dist)
     finally:
         dist.stop()
+
+
+def _train(params: Params, store_dir, model_path, last_path, live_dir, features_dir, dist: Distributed) -> dict:
+    """The run itself, under the training lock (see `train`)."""
+    if params.train.low_memory and release_large_blocks() and dist.is_main:
+        print("train: train.low_memory: allocations over 8 MiB are returned to the system when freed")
+    run = build_run(params, store_dir, features_dir, dist)
+    start, best = restore(run, last_path)
+    keep_best_model(run, model_path, best)
+    run.say(describe(run))
+    signature = run_signature(params, run.spec.classes)
+    with _open_log(run, live_dir, start) as live:
+        live.step = start  # dvclive's own resume skips step 0; the checkpoint knows the truth
+        live.log_metric("trainable_params", run.trainable, plot=False)
+        for epoch in tqdm(range(start, params.train.epochs), desc="epochs", unit="epoch", initial=start,
+                          total=params.train.epochs, disable=not dist.is_main):  # fmt: skip
+            lr, fit, val = one_epoch(run, epoch)
+            refuse_non_finite(val, epoch, lr)
+            log_epoch(live, run, epoch, lr, fit, val)
+            if is_better(val, best):
+                best = {"epoch": epoch + 1, "val_f1": val.f1, "val_loss": val.loss, "val_accuracy": val.accuracy}
+                run.best_weights = {k: v.detach().cpu().clone() for k, v in scored_state(run).items()}
+                if dist.is_main:
+                    save_checkpoint(model_path, run.best_weights, run.spec, **best)
+            live.next_step()
+            if dist.is_main:
+                save_training_state(last_path, run, epoch + 1, best, signature)
+                link_shadow(last_path)
+            if stalled(run, epoch, best):
+                break
+        live.summary.setdefault("best", {}).update({k: best[k] for k in ("epoch", "val_f1", "val_accuracy")})
+    run.say(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")
+    return best
 
 
 class _Silent:

@@ -101,6 +101,8 @@ class DataConfig(_Section):
     url: str
     sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")]
     folder: str
+    max_extracted_bytes: Annotated[int, Field(ge=1)]
+    max_members: Annotated[int, Field(ge=1)]
     split: SplitConfig
     task: Literal["binary", "multiclass", "multilabel"]
     folds: Annotated[int, Field(ge=0, le=50)]

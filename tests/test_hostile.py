@@ -269,3 +269,30 @@ def test_resume_continues_the_interrupted_state_when_last_pt_was_replaced(tmp_pa
     assert torch.load(last, weights_only=True)["epoch"] == 4
     losses = (tmp_path / "metrics/train/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
     assert [int(row.split("\t")[0]) for row in losses] == [0, 1, 2, 3]  # steps in order, none repeated
+
+
+def test_a_zip_bomb_is_refused_before_it_expands(tmp_path):
+    import time
+    import zipfile
+
+    from cxr.data.archives import ArchiveError, Limits, safe_extract
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("xrays/train/normal/a.png", b"\0" * (200 << 20))  # 200 MiB of zeros in ~200 KiB
+    assert bomb.stat().st_size < 1 << 20
+    start = time.perf_counter()
+    with pytest.raises(ArchiveError, match=r"member 'xrays/train/normal/a.png' expands .*-fold; refusing a zip bomb"):
+        safe_extract(bomb, tmp_path / "out")
+    assert time.perf_counter() - start < 5 and not (tmp_path / "out").exists()
+
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w") as zf:
+        for i in range(30):
+            zf.writestr(f"d/{i}.png", b"x" * 1000)
+    with pytest.raises(ArchiveError, match=r"30 members, over data.max_members=10"):
+        safe_extract(many, tmp_path / "out", Limits(max_members=10))
+    with pytest.raises(ArchiveError, match=r"expands to 30,000 bytes, over data.max_extracted_bytes=10,000"):
+        safe_extract(many, tmp_path / "out", Limits(max_bytes=10_000))
+    safe_extract(many, tmp_path / "ok")
+    assert len(list((tmp_path / "ok/d").iterdir())) == 30

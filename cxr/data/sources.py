@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 from cxr.atomic import remove_stale, scratch_prefix
 from cxr.config import DataConfig
-from cxr.data.archives import safe_extract
+from cxr.data.archives import Limits, safe_extract
 from cxr.data.demo import write_demo_dataset
 from cxr.data.images import is_image
 from cxr.data.layout import arrange_splits
@@ -26,7 +26,7 @@ def _from_demo(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> st
 def _unpack(archive: Path, data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
     remove_stale(out_dir.parent)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=scratch_prefix("extract")) as tmp:
-        safe_extract(archive, Path(tmp))
+        safe_extract(archive, Path(tmp), Limits(data.max_extracted_bytes, data.max_members))
         return arrange_splits(Path(tmp), out_dir, data.split.val, data.split.test, seed, near_bits, move=True)
 
 

@@ -47,7 +47,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         start = 0
-        if self.headers.get("Range"):
+        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        still_same = self.headers.get("If-Range") in (None, etag)  # If-Range: a changed file is sent whole
+        if self.headers.get("Range") and still_same:
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
             if start >= len(body):
                 self.send_error(416)
@@ -57,6 +59,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         chunk = body[start:]
+        self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(chunk)))
         self.end_headers()
         if server.cut_first > 0:
@@ -130,6 +133,24 @@ def test_truncated_transfer_is_resumed_with_range(server, in_tmp):
     target = download(server.url("big.tar"), in_tmp / "dl" / "big.tar", hashlib.sha256(body).hexdigest(), backoff_s=0)
     assert target.read_bytes() == body
     assert server.requests[1][1] == f"bytes={len(body) // 2}-"  # resumed, not restarted
+
+
+def test_a_partial_file_of_a_changed_upstream_is_not_resumed(server, in_tmp):
+    old, new = b"a" * 100_000, b"b" * 120_000
+    server.files["big.tar"] = old
+    server.cut_first = 100
+    with pytest.raises(DownloadError):
+        download(server.url("big.tar"), in_tmp / "dl" / "big.tar", "0" * 64, retries=0, backoff_s=0)
+    assert (in_tmp / "dl" / "big.tar.part").stat().st_size == 50_000  # half of the old version kept
+    server.files["big.tar"], server.cut_first = new, 0  # upstream replaced meanwhile
+    target = download(server.url("big.tar"), in_tmp / "dl" / "big.tar", hashlib.sha256(new).hexdigest(), backoff_s=0)
+    assert target.read_bytes() == new  # not half old, half new
+    assert not (in_tmp / "dl" / "big.tar.part.json").exists()
+    # a partial file with no record of its version is not resumed either
+    (in_tmp / "dl" / "other.tar.part").write_bytes(b"z" * 10)
+    server.files["other.tar"] = new
+    download(server.url("other.tar"), in_tmp / "dl" / "other.tar", hashlib.sha256(new).hexdigest(), backoff_s=0)
+    assert server.requests[-1] == ("/other.tar", None)
 
 
 def test_always_truncated_transfer_fails_after_retries(server, in_tmp):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import time
 import urllib.error
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cxr.atomic import write_json
 from cxr.checksums import sha256_of
 from cxr.errors import PipelineError
 
@@ -21,10 +23,35 @@ class DownloadError(PipelineError, RuntimeError):
     """A download failed, was truncated, or does not match its pinned sha256."""
 
 
-def _transfer(url: str, part: Path, timeout: float) -> None:
-    """Append the rest of `url` to `part` (HTTP Range from its current size); raise on a short read."""
+def _validator_file(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _validator(response) -> dict[str, str]:
+    """What identifies the server's version of the file: ETag, Last-Modified, full length."""
+    headers = response.headers
+    length = headers.get("Content-Range", "").rpartition("/")[2] or headers.get("Content-Length") or ""
+    return {"etag": headers.get("ETag") or "", "last_modified": headers.get("Last-Modified") or "", "length": length}
+
+
+def _resume_headers(part: Path) -> dict[str, str]:
+    """Range headers to continue `part`, only when the version it came from is known (If-Range: the
+    server sends the whole file again if it has changed since); {} means start over."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    recorded = _validator_file(part)
+    if not have or not recorded.is_file():
+        return {}
+    known = json.loads(recorded.read_text())
+    tag = known.get("etag") or known.get("last_modified")
+    return {"Range": f"bytes={have}-", "If-Range": tag} if tag else {}
+
+
+def _transfer(url: str, part: Path, timeout: float) -> None:
+    """Append the rest of `url` to `part` (HTTP Range from its current size, if the server's file is
+    the same version); raise on a short read."""
+    headers = _resume_headers(part)
+    have = part.stat().st_size if headers else 0
+    request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) checked by config
     except urllib.error.HTTPError as exc:
@@ -32,8 +59,15 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
             return
         raise
     with response:
-        if have and response.status != 206:  # the server ignored Range: start over
+        if have and response.status != 206:  # the server's file changed (or Range is ignored): start over
+            print(f"download: {url} changed since {part.name} was started (or cannot resume); downloading it again")
             have = 0
+        if have and _validator(response)["length"] != json.loads(_validator_file(part).read_text())["length"]:
+            have = 0  # same tag, other length: do not splice two versions
+            response.close()
+            return _transfer(url, _restart(part), timeout)
+        if not have:
+            write_json(_validator_file(part), _validator(response))
         length = response.headers.get("Content-Length")
         expected = have + int(length) if length is not None else None
         with (
@@ -78,7 +112,14 @@ def download(
             time.sleep(wait)
     check_pinned(part, sha256, url)
     os.replace(part, target)
+    _validator_file(part).unlink(missing_ok=True)
     return target
+
+
+def _restart(part: Path) -> Path:
+    part.unlink(missing_ok=True)
+    _validator_file(part).unlink(missing_ok=True)
+    return part
 
 
 def check_pinned(path: Path, sha256: str, origin: str) -> None:
@@ -92,6 +133,7 @@ def check_pinned(path: Path, sha256: str, origin: str) -> None:
         )
     if got != sha256:
         path.unlink()
+        _validator_file(path).unlink(missing_ok=True)
         raise DownloadError(
             f"{origin}: sha256 mismatch: expected data.sha256={sha256}, downloaded {got}. "
             "The file was deleted; check the source and the pinned hash."

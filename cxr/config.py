@@ -33,6 +33,10 @@ ARCHS = (
     "vit_b_16",
     "swin_t",
 )
+# Keys that change how a run executes, never its results: not params deps of any stage in dvc.yaml
+# (changing one reruns nothing; tests/test_dependencies.py checks it) nor part of a resumed run's signature.
+RUNTIME_KEYS = ("train.compile", "train.low_memory", "train.nproc", "train.resume")
+
 TASK_CLASSES = {
     "binary": ("infected", "normal"),
     "multiclass": ("covid", "pneumonia", "normal"),

@@ -161,3 +161,15 @@ def test_functions_are_short_with_few_arguments():
                 if count > 8:
                     wide.append(f"{where}: {count} arguments")
     assert not long and not wide, "\n".join(long + wide)
+
+
+def test_runtime_knobs_are_no_params_deps_and_every_other_train_key_is():
+    from cxr.config import RUNTIME_KEYS
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    result_keys = {f"train.{k}" for k in params["train"]} - set(RUNTIME_KEYS)
+    for name in ("train", "crossval"):
+        listed = set(stages[name]["params"])
+        assert not listed & set(RUNTIME_KEYS), f"{name}: runtime knobs listed as params deps"
+        assert result_keys <= listed, f"{name}: missing {sorted(result_keys - listed)}"

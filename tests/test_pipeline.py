@@ -112,6 +112,16 @@ def test_editing_an_imported_module_reruns_exactly_its_importers(repo, module):
     assert changed & set(stages) == importers, out
 
 
+@pytest.mark.parametrize("key, value", [("nproc", 2), ("compile", True), ("low_memory", True)])
+def test_runtime_knobs_rerun_nothing(repo, key, value):
+    set_param(repo, "train", key, value)
+    try:
+        _, out = dvc(repo, "status")
+        assert "Data and pipelines are up to date" in out, out
+    finally:
+        run(repo, "git", "checkout", "--", "params.yaml")
+
+
 def test_changing_lr_reruns_train_and_evaluate_only(repo):
     set_param(repo, "train", "lr", 0.002)
     _, out = dvc(repo, "repro")

@@ -13,7 +13,7 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from cxr.config import Params
+from cxr.config import RUNTIME_KEYS, Params
 from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
 from cxr.model.checkpoint import (
@@ -76,7 +76,7 @@ class Run:
 
 def run_signature(params: Params, classes: tuple[str, ...]) -> dict:
     """What must match for a resumed run to continue the interrupted one."""
-    train = params.train.model_dump(exclude={"resume"})
+    train = params.train.model_dump(exclude={k.split(".", 1)[1] for k in RUNTIME_KEYS})
     return {"seed": params.seed, "task": params.data.task, "classes": list(classes), "train": train}
 
 

@@ -124,5 +124,8 @@ def validate_externally(params, model_path: Path, metrics: Path, raw_dir: Path, 
             for name, folder in sets.items():
                 results[name] = score_set(name, Path(folder), model, spec, thresholds, tta, training, live)
         (Path(live_dir) / "metrics.json").unlink(missing_ok=True)
+    else:  # the stage's output folder exists either way
+        Path(live_dir).mkdir(parents=True, exist_ok=True)
+        (Path(live_dir) / "README").write_text("evaluate.external is empty: no external sets were scored\n")
     write_json(out, results)
     return results

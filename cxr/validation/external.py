@@ -83,7 +83,8 @@ def score_set(name: str, folder: Path, model, spec, thresholds, tta: str, traini
     leak = training.repeated(files)
     keep = [i for i, bad in enumerate(leak) if not bad]
     good, pixels, problems = decode_all([files[i] for i in keep], spec.image_size)
-    kept = [keep[j] for j, f in enumerate([files[i] for i in keep]) if f in set(good)]
+    decoded = set(good)
+    kept = [i for i in keep if files[i] in decoded]
     labels = labels[kept]
     runtime = Runtime.select()
     probs = predict_probabilities(model, torch.from_numpy(pixels), 64, runtime, spec.probabilities, tta).numpy()

@@ -15,7 +15,7 @@ import torch
 from cxr.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from cxr.data.store import CHANNELS, PREPROCESSING, decode_image
 from cxr.model.checkpoint import CheckpointError
-from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes, thresholded
+from cxr.model.decisions import DEFAULT_THRESHOLD, label_name, screened_classes, thresholded
 from cxr.model.inference import Runtime, predict_probabilities
 from cxr.model.spec import ModelSpec
 
@@ -71,10 +71,7 @@ def decide(
     those `evaluate` fitted on validation when given, else 0.5 (argmax for multi-class)."""
     given = {k: v for k, v in (thresholds or {}).items() if v is not None}
     decided = spec.decide(probs, given)
-    if spec.multilabel:
-        names = [";".join(c for c, on in zip(spec.classes, row, strict=True) if on) for row in decided]
-    else:
-        names = [spec.classes[i] for i in decided]
+    names = [label_name(d, spec.classes, spec.multilabel) for d in decided]
     if not thresholded(spec.classes, spec.multilabel):
         return names, {}
     screened = [spec.classes[i] for i in screened_classes(spec.classes, spec.multilabel)]

@@ -24,7 +24,7 @@ from cxr.evaluate.predict import decode_all
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
 from cxr.model.checkpoint import load_checkpoint
-from cxr.model.decisions import screened_classes, thresholded
+from cxr.model.decisions import label_name, screened_classes, thresholded
 from cxr.model.inference import Runtime, predict_probabilities
 from cxr.model.spec import ModelSpec
 
@@ -40,17 +40,11 @@ def write_predictions(path: Path, test: SplitStore, probs: np.ndarray, preds: np
     """metrics/predictions.csv: one row per test image with true and predicted label(s) and
     every class probability."""
 
-    def names(row) -> str:
-        return ";".join(c for c, on in zip(classes, row, strict=True) if on)
-
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
         for i, file in enumerate(test.files):
-            if test.multilabel:
-                true, pred = names(test.labels[i]), names(preds[i])
-            else:
-                true, pred = classes[test.labels[i]], classes[preds[i]]
+            true, pred = (label_name(row, classes, test.multilabel) for row in (test.labels[i], preds[i]))
             writer.writerow([file, true, pred, *(f"{p:.6f}" for p in probs[i])])
 
 
@@ -75,25 +69,23 @@ def _log_plots(live: Live, test: SplitStore, probs, preds, classes, screened: li
         live.log_sklearn_plot("confusion_matrix", names[test.labels].tolist(), names[preds].tolist())
 
 
-def write_submission(model, spec: ModelSpec, unlabeled: Path, thresholds, tta: str, runtime, path: Path) -> int:
+def write_submission(model, spec: ModelSpec, unlabeled: Path, thresholds, cfg, runtime, path: Path) -> int:
     """Predictions for the images of data/raw/unlabeled (a hand-in set) as a submission CSV:
     file (relative to that folder), label (the decision) and every class probability. Returns
-    the row count; with no such folder the file holds only its header."""
+    the row count; with no such folder the file holds only its header. `cfg` is params.evaluate
+    (batch size and test-time augmentation, as for the test split)."""
     files = sorted(p for p in unlabeled.rglob("*") if is_image(p)) if unlabeled.is_dir() else []
     good, pixels, problems = decode_all(files, spec.image_size)
     for bad, why in problems:
         print(f"evaluate: submission: skipped {bad}: {why}")
-    probs = predict_probabilities(model, torch.from_numpy(pixels), 64, runtime, spec.probabilities, tta).numpy()
+    pixels = torch.from_numpy(pixels)
+    probs = predict_probabilities(model, pixels, cfg.batch_size, runtime, spec.probabilities, cfg.tta).numpy()
     decided = spec.decide(probs, thresholds) if len(good) else []
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "label", *(f"p_{c}" for c in spec.classes)])
         for file, row, decision in zip(good, probs, decided, strict=True):
-            label = (
-                ";".join(c for c, on in zip(spec.classes, decision, strict=True) if on)
-                if spec.multilabel
-                else spec.classes[decision]
-            )
+            label = label_name(decision, spec.classes, spec.multilabel)
             writer.writerow([file.relative_to(unlabeled).as_posix(), label, *(f"{p:.6f}" for p in row)])
     return len(good)
 
@@ -183,7 +175,7 @@ def evaluate(
     scores["attribution"] = attribution_summary(model, test, probs, preds, runtime)
     if submission_path is not None:
         scores["submission_rows"] = write_submission(
-            model, spec, Path(raw_dir) / UNLABELED, thresholds, cfg.tta, runtime, Path(submission_path)
+            model, spec, Path(raw_dir) / UNLABELED, thresholds, cfg, runtime, Path(submission_path)
         )
     write_json(metrics_path, scores)
     write_predictions(predictions_path, test, probs, preds, spec.classes)

@@ -43,6 +43,14 @@ def thresholded(classes: Sequence[str], multilabel: bool) -> bool:
     return multilabel or len(classes) == 2
 
 
+def label_name(decision, classes: Sequence[str], multilabel: bool) -> str:
+    """One decision (or true label) as text: the class name, or for multi-label the names of the
+    classes that are on, joined by ';' (as predictions.csv, submission.csv and predict write them)."""
+    if multilabel:
+        return ";".join(c for c, on in zip(classes, decision, strict=True) if on)
+    return classes[int(decision)]
+
+
 def decide(probs, classes: Sequence[str], multilabel: bool, thresholds: Mapping[str, float | None] | None = None):
     """Decisions for probabilities (N, C): class indices (N,), or 0/1 rows (N, C) for multi-label."""
     cut = {c: t for c, t in (thresholds or {}).items() if t is not None}

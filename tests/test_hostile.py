@@ -298,3 +298,36 @@ def test_a_zip_bomb_is_refused_before_it_expands(tmp_path):
         safe_extract(many, tmp_path / "out", Limits(max_bytes=10_000))
     safe_extract(many, tmp_path / "ok")
     assert len(list((tmp_path / "ok/d").iterdir())) == 30
+
+
+@pytest.mark.parametrize("bad", ["truncated", "bomb"])
+def test_a_bad_image_in_unsplit_data_follows_verify_on_corrupt(tmp_path, demo_root, capsys, bad):
+    """Finding 11: `{class}/file` data is split by download, which decodes every image; a file that
+    does not decode (or is a pixel bomb) fails by name under on_corrupt: fail, and under skip is
+    split on its own and left out by verify, listed in metrics/data.json."""
+    from PIL import Image
+
+    from cxr.data.layout import Grouping
+    from stages.verify import verify
+
+    folder = tmp_path / "flat"
+    for png in sorted(demo_root.glob("*/*/*.png")):
+        (folder / png.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, folder / png.parent.name / f"{png.parent.parent.name}_{png.name}")
+    broken = folder / "normal" / "broken.png"
+    if bad == "truncated":
+        broken.write_bytes((folder / "normal").glob("*.png").__next__().read_bytes()[:200])
+    else:
+        Image.new("L", (3000, 3000)).save(broken)  # 9 M pixels, over the 4 M limit below
+    with pytest.raises(DatasetError, match=r"broken\.png.*verify\.on_corrupt: skip"):
+        sources.write_dataset(_folder_params(folder), 0, tmp_path / "fail", Grouping(max_pixels=4_000_000))
+
+    out = tmp_path / "split"
+    sources.write_dataset(_folder_params(folder), 0, out, Grouping(max_pixels=4_000_000, skip_corrupt=True))
+    assert "broken.png" in capsys.readouterr().out
+    assert len(list(out.rglob("broken.png"))) == 1
+    raw = tiny_params_dict()
+    raw["verify"].update(on_corrupt="skip", max_pixels=4_000_000)
+    shaped = verify(parse_params(raw), out, tmp_path / "d.json", tmp_path / "r.md")
+    assert shaped["total"] == 48  # every demo image, without the broken one
+    assert "broken.png" in (tmp_path / "d.json").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,18 @@ from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, DatasetError, confined
 UNLABELED = "unlabeled"  # data/raw/unlabeled: a split folder of images without labels (a hand-in set)
 # Folder names accepted for each split, compared case-insensitively.
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How images are grouped before splitting (verify's params, applied at split time too):
+    near-duplicates within `near_bits`, images over `max_pixels` refused, and a file that does not
+    decode either fails the split or (`skip_corrupt`, verify.on_corrupt: skip) stands alone, to be
+    excluded by verify."""
+
+    near_bits: int = 8
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    skip_corrupt: bool = False
 
 
 def _split_dirs(folder: Path) -> dict[str, Path]:
@@ -99,31 +112,41 @@ class _Groups:
                 self.union(first.setdefault(key, i), i)
 
 
-def image_groups(
-    files: list[Path], patients: list[str | None], near_bits: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> list[int]:
+def _fingerprint(path: Path, max_pixels: int) -> tuple[str, np.ndarray]:
+    """An image's pixel digest and perceptual hash; ImageTooLarge or the decoder's error if it has none."""
+    with Image.open(path) as img:
+        check_pixels(img, path, max_pixels)
+        img.load()
+        return pixel_digest(img), difference_hash(img)
+
+
+def image_groups(files: list[Path], patients: list[str | None], grouping: Grouping = Grouping()) -> list[int]:
     """A group id per file: files with identical pixels, near-identical ones (perceptual hash
-    within `near_bits`) or one patient share a group, which splits and folds never separate."""
+    within `grouping.near_bits`) or one patient share a group, which splits and folds never separate."""
     groups = _Groups(len(files))
-    digests, hashes = [], []
-    for path in files:
+    digests: list[str | None] = []
+    decoded, hashes = [], []
+    for i, path in enumerate(files):
         try:
-            with Image.open(path) as img:
-                check_pixels(img, path, max_pixels)
-                img.load()
-                digests.append(pixel_digest(img))
-                hashes.append(difference_hash(img))
-        except ImageTooLarge as exc:
-            raise DatasetError(f"cannot split the dataset: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-            raise DatasetError(
-                f"cannot split the dataset: {path} does not decode ({type(exc).__name__}: {exc}); remove or replace it"
-            ) from None
+            digest, phash = _fingerprint(path, grouping.max_pixels)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure (or a pixel bomb) is a bad file
+            decoder = f"{path} does not decode ({type(exc).__name__}: {exc})"
+            why = str(exc) if isinstance(exc, ImageTooLarge) else decoder
+            if not grouping.skip_corrupt:
+                raise DatasetError(
+                    f"cannot split the dataset: {why}; remove or replace it, or set verify.on_corrupt: skip"
+                ) from None
+            print(f"warning: {why}; split on its own, verify.on_corrupt: skip will leave it out")
+            digests.append(None)
+            continue
+        digests.append(digest)
+        decoded.append(i)
+        hashes.append(phash)
     groups.join_by(digests)
     groups.join_by(patients)
     if hashes:
-        for i, j in near_pairs(np.stack(hashes), near_bits):
-            groups.union(i, j)
+        for i, j in near_pairs(np.stack(hashes), grouping.near_bits):
+            groups.union(decoded[i], decoded[j])
     return [groups.find(i) for i in range(len(files))]
 
 
@@ -134,11 +157,11 @@ def assign_splits(
     val: float,
     test: float,
     seed: int,
-    near_bits: int = 8,
+    grouping: Grouping = Grouping(),
 ) -> list[str]:
     """A split name per file: stratified by `strata`, seeded, and never separating files with
     identical pixels, near-identical ones (perceptual hash within `near_bits`) or one patient."""
-    group = image_groups(files, patients, near_bits)
+    group = image_groups(files, patients, grouping)
     roots = sorted(set(group))
     rng = random.Random(seed)
     split_of_root = {}
@@ -170,12 +193,14 @@ def assign_folds(group: list[int], strata: list[str], k: int, seed: int) -> list
     return [fold_of_group[g] for g in group]
 
 
-def split_by_fractions(class_root: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8) -> None:
+def split_by_fractions(
+    class_root: Path, out_dir: Path, val: float, test: float, seed: int, grouping: Grouping = Grouping()
+) -> None:
     """Copy a `{class}/file` layout into `out_dir/{train,val,test}/{class}/`, stratified by class
     and seeded; identical images (one image filed twice, or under two classes) stay together."""
     class_dirs = sorted(p for p in class_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = [path for d in class_dirs for path in sorted(p for p in d.iterdir() if is_image(p))]
-    splits = assign_splits(files, [p.parent.name for p in files], [None] * len(files), val, test, seed, near_bits)
+    splits = assign_splits(files, [p.parent.name for p in files], [None] * len(files), val, test, seed, grouping)
     for path, split in zip(files, splits, strict=True):
         dest = out_dir / split / path.parent.name / path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +210,9 @@ def split_by_fractions(class_root: Path, out_dir: Path, val: float, test: float,
             (out_dir / split / d.name).mkdir(parents=True, exist_ok=True)
 
 
-def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8) -> None:
+def split_csv_dataset(
+    csv_path: Path, out_dir: Path, val: float, test: float, seed: int, grouping: Grouping = Grouping()
+) -> None:
     """A root CSV (`path`, `labels` or `label`, optional `patient_id`, `source` and `split`) into
     `out_dir/{split}/images/...` plus a per-split labels.csv. Without a `split` column the split
     is made here, by patient when patient ids are given."""
@@ -216,7 +243,7 @@ def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, se
                 raise ArchiveError(f"{csv_path}:{line}: split {row['split']!r} is not one of train/val/test")
             splits.append(alias[name])
     else:
-        splits = assign_splits(files, [lb.split(";")[0] for lb in labels], patients, val, test, seed, near_bits)
+        splits = assign_splits(files, [lb.split(";")[0] for lb in labels], patients, val, test, seed, grouping)
     written: dict[str, list[list[str]]] = {s: [] for s in SPLITS}
     for path, label, patient, more, split in zip(files, labels, patients, extra, splits, strict=True):
         rel = Path("images") / path.relative_to(base)
@@ -232,7 +259,7 @@ def split_csv_dataset(csv_path: Path, out_dir: Path, val: float, test: float, se
             writer.writerows(table)
 
 
-def carve_splits(out_dir: Path, missing: list[str], val: float, test: float, seed: int, near_bits: int) -> str:
+def carve_splits(out_dir: Path, missing: list[str], val: float, test: float, seed: int, grouping: Grouping) -> str:
     """Move the `missing` labelled splits (val and/or test) out of `out_dir/train`, stratified by
     class, seeded, and keeping identical, near-identical images and patients together."""
     train = out_dir / "train"
@@ -240,7 +267,7 @@ def carve_splits(out_dir: Path, missing: list[str], val: float, test: float, see
     files = [path for d in class_dirs for path in sorted(p for p in d.iterdir() if is_image(p))]
     fractions = {"val": val if "val" in missing else 0.0, "test": test if "test" in missing else 0.0}
     splits = assign_splits(files, [p.parent.name for p in files], [None] * len(files), seed=seed,
-                           near_bits=near_bits, **fractions)  # fmt: skip
+                           grouping=grouping, **fractions)  # fmt: skip
     for path, split in zip(files, splits, strict=True):
         if split != "train":
             dest = out_dir / split / path.parent.name / path.name
@@ -253,16 +280,22 @@ def carve_splits(out_dir: Path, missing: list[str], val: float, test: float, see
 
 
 def arrange_splits(
-    source: Path, out_dir: Path, val: float, test: float, seed: int, near_bits: int = 8, move: bool = False
+    source: Path,
+    out_dir: Path,
+    val: float,
+    test: float,
+    seed: int,
+    grouping: Grouping = Grouping(),
+    move: bool = False,
 ) -> str:
     """Put `source`'s dataset into `out_dir/{train,val,test}` (and an unlabeled split folder into
     `out_dir/unlabeled`); return which layout was found and what was done to it."""
     layout = find_layout(source)
     if isinstance(layout, Path) and layout.is_file():
-        split_csv_dataset(layout, out_dir, val, test, seed, near_bits)
+        split_csv_dataset(layout, out_dir, val, test, seed, grouping)
         return f"CSV layout ({layout.name}), split by patient where ids are given (seed {seed})"
     if isinstance(layout, Path):
-        split_by_fractions(layout, out_dir, val, test, seed, near_bits)
+        split_by_fractions(layout, out_dir, val, test, seed, grouping)
         return f"{{class}}/file layout, split {1 - val - test:.2f}/{val:.2f}/{test:.2f} by class (seed {seed})"
     described = "{split}/{class}/file layout (" + ", ".join(f"{s}={p.name}" for s, p in layout.items()) + ")"
     missing = [s for s in SPLITS if s not in layout or not _is_labelled(layout[s])]
@@ -275,5 +308,5 @@ def arrange_splits(
     if (out_dir / UNLABELED).is_dir():
         described += f"; {UNLABELED}/: images without labels, predicted by evaluate into a submission file"
     if missing:
-        described += "; " + carve_splits(out_dir, missing, val, test, seed, near_bits)
+        described += "; " + carve_splits(out_dir, missing, val, test, seed, grouping)
     return described

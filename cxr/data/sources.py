@@ -12,32 +12,32 @@ from cxr.config import DataConfig
 from cxr.data.archives import Limits, safe_extract
 from cxr.data.demo import write_demo_dataset
 from cxr.data.images import is_image
-from cxr.data.layout import arrange_splits
+from cxr.data.layout import Grouping, arrange_splits
 from cxr.data.presets import PRESETS
 from cxr.data.splits import DatasetError
 from cxr.paths import DOWNLOAD_DIR
 
 
-def _from_demo(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
+def _from_demo(data: DataConfig, seed: int, out_dir: Path, grouping: Grouping) -> str:
     counts = write_demo_dataset(out_dir, data, seed)
     return f"{sum(sum(c.values()) for c in counts.values())} synthetic {data.task} demo images"
 
 
-def _unpack(archive: Path, data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
+def _unpack(archive: Path, data: DataConfig, seed: int, out_dir: Path, grouping: Grouping) -> str:
     remove_stale(out_dir.parent)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=scratch_prefix("extract")) as tmp:
         safe_extract(archive, Path(tmp), Limits(data.max_extracted_bytes, data.max_members))
-        return arrange_splits(Path(tmp), out_dir, data.split.val, data.split.test, seed, near_bits, move=True)
+        return arrange_splits(Path(tmp), out_dir, data.split.val, data.split.test, seed, grouping, move=True)
 
 
-def _from_url(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
+def _from_url(data: DataConfig, seed: int, out_dir: Path, grouping: Grouping) -> str:
     from cxr.data.download import download  # network code only where it is used
 
     archive = download(data.url, DOWNLOAD_DIR / PurePosixPath(urlparse(data.url).path).name, data.sha256)
-    return f"{archive.name} (sha256 {data.sha256[:12]}...), {_unpack(archive, data, seed, out_dir, near_bits)}"
+    return f"{archive.name} (sha256 {data.sha256[:12]}...), {_unpack(archive, data, seed, out_dir, grouping)}"
 
 
-def _from_gdrive(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
+def _from_gdrive(data: DataConfig, seed: int, out_dir: Path, grouping: Grouping) -> str:
     import gdown  # well-kept Google Drive client: confirmation pages, cookies, resumable downloads
 
     from cxr.checksums import sha256_of
@@ -65,7 +65,7 @@ def _from_gdrive(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> 
     if archive is None:
         raise DownloadError(f"data.source=gdrive: no Google Drive id could be downloaded ({'; '.join(failures)})")
     check_pinned(archive, data.sha256, f"Google Drive file {archive.stem}")
-    layout = _unpack(archive, data, seed, out_dir, near_bits)
+    layout = _unpack(archive, data, seed, out_dir, grouping)
     if preset and preset.expected:
         got = {s: sum(1 for p in (out_dir / s).rglob("*") if is_image(p)) for s in preset.expected}
         if got != preset.expected:
@@ -73,7 +73,7 @@ def _from_gdrive(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> 
     return f"{archive.name} from Google Drive, {layout}"
 
 
-def _from_folder(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> str:
+def _from_folder(data: DataConfig, seed: int, out_dir: Path, grouping: Grouping) -> str:
     folder = Path(data.folder)
     if not folder.is_dir():
         raise DatasetError(f"data.folder={data.folder}: not a folder")
@@ -85,14 +85,14 @@ def _from_folder(data: DataConfig, seed: int, out_dir: Path, near_bits: int) -> 
             f"data.folder={data.folder}: {len(links)} symbolic links refused ({named}); copy the files they point "
             "to into the folder instead"
         )
-    layout = arrange_splits(folder, out_dir, data.split.val, data.split.test, seed, near_bits)
+    layout = arrange_splits(folder, out_dir, data.split.val, data.split.test, seed, grouping)
     return f"a copy of {folder}, {layout}"
 
 
 SOURCES = {"demo": _from_demo, "url": _from_url, "folder": _from_folder, "gdrive": _from_gdrive}
 
 
-def write_dataset(data: DataConfig, seed: int, out_dir: Path, near_bits: int = 8) -> str:
+def write_dataset(data: DataConfig, seed: int, out_dir: Path, grouping: Grouping | None = None) -> str:
     """Fill the empty folder `out_dir` with {train,val,test}/{class}/images; describe what came in.
     A `data.preset` names a Google Drive dataset and takes precedence over `data.source`."""
-    return SOURCES["gdrive" if data.preset else data.source](data, seed, out_dir, near_bits)
+    return SOURCES["gdrive" if data.preset else data.source](data, seed, out_dir, grouping or Grouping())

@@ -10,7 +10,7 @@ import numpy as np
 
 from cxr.atomic import write_json
 from cxr.config import Params
-from cxr.data.layout import assign_folds, image_groups
+from cxr.data.layout import Grouping, assign_folds, image_groups
 from cxr.data.splits import SPLITS, file_metadata
 from cxr.data.store import SplitStore, write_store
 from cxr.evaluate.run import evaluate
@@ -49,7 +49,7 @@ def folds_of(pool: Pool, raw_dir: Path, k: int, seed: int, near_bits: int) -> li
         meta.update(file_metadata(raw_dir / split))
     paths = [raw_dir / f for f in pool.files]
     patients = [meta.get(p, {}).get("patient_id") or None for p in paths]
-    return assign_folds(image_groups(paths, patients, near_bits), pool.strata(), k, seed)
+    return assign_folds(image_groups(paths, patients, Grouping(near_bits)), pool.strata(), k, seed)
 
 
 def write_fold_store(pool: Pool, fold_of: list[int], fold: int, k: int, out_dir: Path) -> dict[str, int]:

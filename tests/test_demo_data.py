@@ -70,3 +70,69 @@ def test_lesions_brighten_the_lungs_and_fade_with_difficulty(cls):
     hard = _lower_lung_brightness(cls, 1.0) - _lower_lung_brightness("normal", 1.0)
     assert easy > 3.0  # grey levels out of 255
     assert 0 < hard < easy
+
+
+class _UlpNudgedNumpy:
+    """numpy as the phantom renderer sees it, except that the vectorised transcendental functions
+    (whose SIMD versions differ by a few ULP between CPUs: SSE, AVX2, AVX-512/SVML) return results
+    moved by up to `ulps` units in the last place, in a fixed pseudo-random direction per element."""
+
+    FUNCTIONS = ("exp", "cos", "sin", "power", "sqrt")
+
+    def __init__(self, ulps: int):
+        self.ulps = ulps
+
+    def __getattr__(self, name):
+        real = getattr(np, name)
+        if name not in self.FUNCTIONS:
+            return real
+
+        def nudged(*args, **kwargs):
+            out = np.asarray(real(*args, **kwargs))
+            steps = np.random.default_rng(out.size).integers(-self.ulps, self.ulps + 1, out.shape)
+            for _ in range(self.ulps):
+                up, down = steps > 0, steps < 0
+                out = np.where(up, np.nextafter(out, np.inf), np.where(down, np.nextafter(out, -np.inf), out))
+                steps = steps - np.sign(steps)
+            return out[()] if out.ndim == 0 else out
+
+        return nudged
+
+
+def test_demo_bytes_do_not_depend_on_the_cpus_vector_math(monkeypatch):
+    """Finding 15 (issue 14): another machine's SIMD exp/cos/pow differ in the last bits; the demo's
+    bytes (and so data/raw's hash in dvc.lock) must not."""
+    import cxr.data.phantoms as phantoms
+
+    def render_all():
+        return [render_phantom(cls, 128, 0.3, np.random.default_rng(i)).tobytes() for i in range(12)
+                for cls in ("normal", "covid", "pneumonia")]  # fmt: skip
+
+    exact = render_all()
+    monkeypatch.setattr(phantoms, "np", _UlpNudgedNumpy(ulps=4))
+    assert render_all() == exact
+
+
+def test_demo_bytes_do_not_depend_on_numpys_dispatched_cpu_features(tmp_path):
+    """The same, for real: generate the demo with numpy's dispatched CPU features (AVX2, AVX-512 where
+    this CPU has them) disabled, in a fresh process, and compare with this process's bytes."""
+    import os
+    import subprocess
+    import sys
+
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    present = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    script = (
+        "import sys, numpy as np; from cxr.data.phantoms import render_phantom; "
+        "sys.stdout.buffer.write(b''.join(render_phantom(c, 128, 0.3, np.random.default_rng(i)).tobytes() "
+        "for i in range(6) for c in ('normal', 'covid', 'pneumonia')))"
+    )
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(present)}
+    baseline = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, check=True).stdout
+    here = b"".join(
+        render_phantom(c, 128, 0.3, np.random.default_rng(i)).tobytes()
+        for i in range(6)
+        for c in ("normal", "covid", "pneumonia")
+    )
+    assert baseline == here, f"the demo's bytes change with numpy's CPU features {present}"

@@ -5,6 +5,12 @@ random pose (rotation, scale, shift) maps onto the pixel grid, so anatomy and le
 together. Infected (covid) images add soft, bilateral, peripheral, lower-zone ground-glass
 opacities; pneumonia adds one dense lobar consolidation. `difficulty` in [0, 1] fades the
 lesions and raises the film noise.
+
+Everything is computed in float64 and only the final image is rounded to uint8: numpy's SIMD exp,
+cos and pow differ between CPUs (SSE, AVX2, AVX-512) by a few units in the last place, which in
+float32 flips pixels and so the demo's bytes and data/raw's hash in dvc.lock; in float64 a pixel
+would flip only if its value fell within ~1e-15 of a rounding boundary (tests/test_demo_data.py
+nudges every such result by 4 ULP and compares the bytes).
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ CONSOLIDATION_CLASSES = ("pneumonia",)
 
 def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth random texture in [0, 1]: coarse noise upsampled bicubically."""
-    coarse = rng.random((cells, cells)).astype(np.float32)
+    coarse = rng.random((cells, cells)).astype(np.float32)  # PIL's float mode; its resize is plain C
     img = Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC)
-    field = np.asarray(img, dtype=np.float32)
+    field = np.asarray(img, dtype=np.float64)
     return np.clip(field, 0.0, 1.0)
 
 
@@ -36,7 +42,7 @@ def _gauss(x, y, cx, cy, sx, sy):
 
 def _body_grid(rng: np.random.Generator, size: int):
     """Pixel grid mapped into the body frame through a random pose."""
-    v, u = np.mgrid[0:size, 0:size].astype(np.float32)
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
     u = u / (size - 1) * 2 - 1
     v = v / (size - 1) * 2 - 1
     angle = np.deg2rad(rng.uniform(-7, 7))
@@ -45,7 +51,7 @@ def _body_grid(rng: np.random.Generator, size: int):
     c, s = np.cos(angle), np.sin(angle)
     x = (c * (u - tx) + s * (v - ty)) / scale
     y = (-s * (u - tx) + c * (v - ty)) / scale
-    return x.astype(np.float32), y.astype(np.float32)
+    return x, y
 
 
 def _anatomy(rng: np.random.Generator, x, y):
@@ -72,7 +78,7 @@ def _anatomy(rng: np.random.Generator, x, y):
     start = rng.uniform(-0.58, -0.50)
     for k in range(9):
         y0 = start + k * 0.115
-        curve = y0 + 0.28 * np.abs(x) ** 1.6
+        curve = y0 + 0.28 * np.power(np.abs(x), 1.6)
         band = np.clip(1.0 - np.abs(y - curve) / 0.022, 0, 1)
         ribs = np.maximum(ribs, band * (np.abs(x) > 0.07) * (np.abs(x) < 0.68))
     img = img + 0.10 * ribs * thorax
@@ -120,9 +126,9 @@ def render_phantom(labels: str | tuple[str, ...], size: int, difficulty: float, 
 
     # film response: random window and gamma, then blur and grain
     img = np.clip(img * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1)
-    img = img ** rng.uniform(0.8, 1.25)
+    img = np.power(img, rng.uniform(0.8, 1.25))
     pil = Image.fromarray((img * 255).astype(np.uint8), mode="L")
     pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2) * size / 128))
-    arr = np.asarray(pil, dtype=np.float32) / 255
+    arr = np.asarray(pil, dtype=np.float64) / 255
     arr = arr + rng.normal(0, 0.015 + 0.035 * difficulty, arr.shape)
     return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)

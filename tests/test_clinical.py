@@ -18,7 +18,17 @@ from cxr.data.download import sha256_of
 from cxr.data.store import PREPROCESSING
 from cxr.evaluate.gradcam import gradcam
 from cxr.evaluate.run import evaluate
-from cxr.evaluate.screening import ThresholdRule, at_decisions, bootstrap, operating_points, ranking, reliability
+from cxr.evaluate.screening import (
+    ThresholdRule,
+    at_decisions,
+    bootstrap,
+    exact_interval,
+    operating_points,
+    proportion_intervals,
+    ranking,
+    reliability,
+    weighted_ranking,
+)
 from cxr.model.checkpoint import save_checkpoint
 from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD
 from cxr.model.spec import ModelSpec
@@ -98,11 +108,40 @@ def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_images():
         pred = scores >= 0.5
         point = {**at_decisions(truth, pred), **ranking(truth, scores)}
         ci = bootstrap(truth, scores, pred, resamples=300, seed=0)
+        assert set(ci) == {"f1", "roc_auc", "pr_auc"}  # proportions get exact intervals instead
         for key, (low, high) in ci.items():
             assert low <= point[key] <= high, (n, key)
-        widths.append(ci["sensitivity"][1] - ci["sensitivity"][0])
+        widths.append(ci["f1"][1] - ci["f1"][0])
         assert bootstrap(truth, scores, pred, resamples=300, seed=0) == ci  # seeded
     assert widths[1] < widths[0] / 2
+
+
+def test_exact_intervals_of_proportions():
+    """Clopper-Pearson: 100/100 is [0.025 ** (1/100), 1] = [0.9637, 1], not a bootstrap's [1, 1];
+    0/20 mirrors it; 50/100 is the textbook [0.3983, 0.6017]."""
+    assert exact_interval(100, 100) == pytest.approx([0.025 ** (1 / 100), 1.0])
+    assert exact_interval(100, 100)[0] == pytest.approx(0.9637, abs=1e-4)
+    assert exact_interval(0, 20) == pytest.approx([0.0, 1 - 0.025 ** (1 / 20)])
+    assert exact_interval(50, 100) == pytest.approx([0.3983, 0.6017], abs=1e-4)
+    assert exact_interval(0, 0) == []
+    truth = np.array([1] * 100 + [0] * 50, bool)
+    pred = np.array([1] * 100 + [0] * 45 + [1] * 5, bool)  # every positive found, 5 false alarms
+    ci = proportion_intervals(truth, pred)
+    assert ci["sensitivity"] == pytest.approx(exact_interval(100, 100))
+    assert ci["specificity"] == pytest.approx(exact_interval(45, 50))
+    assert ci["ppv"] == pytest.approx(exact_interval(100, 105)) and ci["npv"] == pytest.approx([0.9213, 1.0], abs=1e-4)
+
+
+def test_vectorised_resampled_aucs_match_scikit_learn_with_sample_weights():
+    truth, scores = _scores(120, 6)
+    scores = np.round(scores, 2)  # ties, which both AUCs must count as scikit-learn does
+    weights = np.random.default_rng(1).multinomial(120, np.full(120, 1 / 120), size=25).astype(float)
+    got = weighted_ranking(truth, scores, weights)
+    for b, w in enumerate(weights):
+        assert got["roc_auc"][b] == pytest.approx(roc_auc_score(truth, scores, sample_weight=w))
+        assert got["pr_auc"][b] == pytest.approx(average_precision_score(truth, scores, sample_weight=w))
+    only_negatives = np.where(truth, 0.0, 1.0)[None, :]
+    assert np.isnan(weighted_ranking(truth, scores, only_negatives)["roc_auc"]).all()
 
 
 def test_expected_calibration_error():

@@ -1,21 +1,22 @@
-"""Screening metrics for one positive class: threshold chosen on validation, bootstrap intervals, calibration.
+"""Screening metrics for one positive class: threshold chosen on validation, 95% intervals, calibration.
 
 Accuracy on a test set says little about a screening model. For each positive class this
 module reports sensitivity, specificity, PPV, NPV, F1 (at a decision threshold fitted on the
 validation split and then applied unchanged to test), ROC AUC and PR AUC (threshold-free),
-each with a seeded 95% percentile-bootstrap interval, and the expected calibration error.
+and the expected calibration error. Intervals: the four proportions get the exact
+(Clopper-Pearson) binomial interval, which stays honest at 100/100 ([0.964, 1] rather than a
+bootstrap's [1, 1]); F1 and the AUCs, which are not proportions, a seeded percentile bootstrap,
+vectorised over resamples (images redrawn as multinomial weights).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import beta
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from cxr.config import parse_threshold_rule
 from cxr.model.decisions import decide, screened_classes
-
-AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv", "f1")
-RANKING = ("roc_auc", "pr_auc")
 
 
 class ThresholdRule:
@@ -43,22 +44,46 @@ class ThresholdRule:
         return float(thresholds[reach[0]])
 
 
+def _counts(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    truth, pred = np.asarray(truth).astype(bool), np.asarray(pred).astype(bool)
+    return {
+        "tp": float((pred & truth).sum()),
+        "fn": float((~pred & truth).sum()),
+        "fp": float((pred & ~truth).sum()),
+        "tn": float((~pred & ~truth).sum()),
+    }
+
+
+# each proportion as (successes, the other outcome) of the confusion counts
+PROPORTIONS = {"sensitivity": ("tp", "fn"), "specificity": ("tn", "fp"), "ppv": ("tp", "fp"), "npv": ("tn", "fn")}
+
+
 def at_decisions(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """Sensitivity, specificity, PPV, NPV and F1 of 0/1 decisions (NaN where undefined)."""
-    truth, pred = np.asarray(truth).astype(bool), np.asarray(pred).astype(bool)
-    tp, fn = float((pred & truth).sum()), float((~pred & truth).sum())
-    fp, tn = float((pred & ~truth).sum()), float((~pred & ~truth).sum())
+    c = _counts(truth, pred)
 
     def ratio(a: float, b: float) -> float:
         return a / b if b else float("nan")
 
-    return {
-        "sensitivity": ratio(tp, tp + fn),
-        "specificity": ratio(tn, tn + fp),
-        "ppv": ratio(tp, tp + fp),
-        "npv": ratio(tn, tn + fn),
-        "f1": ratio(2 * tp, 2 * tp + fp + fn),
-    }
+    out = {key: ratio(c[hit], c[hit] + c[miss]) for key, (hit, miss) in PROPORTIONS.items()}
+    out["f1"] = ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
+    return out
+
+
+def exact_interval(successes: int, n: int, level: float = 0.95) -> list[float]:
+    """Clopper-Pearson interval of a binomial proportion ([] when n is 0)."""
+    if n == 0:
+        return []
+    tail = (1 - level) / 2
+    low = float(beta.ppf(tail, successes, n - successes + 1)) if successes > 0 else 0.0
+    high = float(beta.ppf(1 - tail, successes + 1, n - successes)) if successes < n else 1.0
+    return [low, high]
+
+
+def proportion_intervals(truth: np.ndarray, pred: np.ndarray, level: float = 0.95) -> dict[str, list[float]]:
+    """Exact intervals of sensitivity, specificity, PPV and NPV."""
+    c = _counts(truth, pred)
+    return {key: exact_interval(int(c[hit]), int(c[hit] + c[miss]), level) for key, (hit, miss) in PROPORTIONS.items()}
 
 
 def ranking(truth: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -69,23 +94,40 @@ def ranking(truth: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     return {"roc_auc": float(roc_auc_score(truth, scores)), "pr_auc": float(average_precision_score(truth, scores))}
 
 
+def weighted_ranking(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC AUC and average precision for each row of `weights` (resamples x images, how often each
+    image was drawn), as scikit-learn computes them with `sample_weight`; NaN without both classes."""
+    truth = np.asarray(truth).astype(bool)
+    levels, level_of = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
+    at_level = np.zeros((len(truth), len(levels)))
+    at_level[np.arange(len(truth)), level_of] = 1.0
+    pos, neg = (weights * truth) @ at_level, (weights * ~truth) @ at_level  # weight per score level, ascending
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        below = np.cumsum(neg, 1) - neg  # negatives scored lower than each level
+        auc = (pos * (below + 0.5 * neg)).sum(1) / (n_pos * n_neg)
+        tp, fp = np.cumsum(pos[:, ::-1], 1), np.cumsum(neg[:, ::-1], 1)  # predicted positive from the top
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        ap = (np.diff(tp, axis=1, prepend=0.0) / n_pos[:, None] * precision).sum(1)
+    defined = (n_pos > 0) & (n_neg > 0)
+    return {"roc_auc": np.where(defined, auc, np.nan), "pr_auc": np.where(defined, ap, np.nan)}
+
+
 def bootstrap(
     truth: np.ndarray, scores: np.ndarray, pred: np.ndarray, resamples: int, seed: int, level: float = 0.95
 ) -> dict[str, list[float]]:
-    """Percentile-bootstrap intervals of every metric: images resampled with replacement,
-    decisions kept as made. A metric undefined in a resample (no positives) skips it."""
-    truth, scores, pred = np.asarray(truth).astype(bool), np.asarray(scores), np.asarray(pred).astype(bool)
+    """Percentile-bootstrap intervals of F1, ROC AUC and PR AUC: images resampled with replacement
+    (all resamples at once, as multinomial counts), decisions kept as made. A metric undefined in
+    a resample (no positives) skips it."""
+    truth, pred = np.asarray(truth).astype(bool), np.asarray(pred).astype(bool)
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in AT_THRESHOLD + RANKING}
-    for _ in range(resamples):
-        idx = rng.integers(0, len(truth), len(truth))
-        values = {**at_decisions(truth[idx], pred[idx]), **ranking(truth[idx], scores[idx])}
-        for key, value in values.items():
-            draws[key].append(value)
+    weights = rng.multinomial(len(truth), np.full(len(truth), 1 / len(truth)), size=resamples).astype(np.float64)
+    tp, fp, fn = weights @ (pred & truth), weights @ (pred & ~truth), weights @ (~pred & truth)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws = {"f1": 2 * tp / (2 * tp + fp + fn), **weighted_ranking(truth, scores, weights)}
     tail = (1 - level) / 2 * 100
     out = {}
     for key, values in draws.items():
-        values = np.asarray(values)
         values = values[np.isfinite(values)]
         out[key] = [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] if len(values) else []
     return out
@@ -115,11 +157,14 @@ def screening_report(
     seed: int,
     bins: int,
 ) -> dict:
-    """Every metric above for one positive class on test: point values, 95% bootstrap bounds
-    (`<metric>_ci95_low` / `_high`, flat so `dvc metrics diff` shows them) and the ECE."""
+    """Every metric above for one positive class on test: point values, 95% bounds (exact for the
+    proportions, bootstrap for F1 and the AUCs when `resamples` > 0; `<metric>_ci95_low` / `_high`,
+    flat so `dvc metrics diff` shows them) and the ECE."""
     point = {**at_decisions(truth, pred), **ranking(truth, scores)}
     report: dict = {}
-    intervals = bootstrap(truth, scores, pred, resamples, seed) if resamples else {}
+    intervals = proportion_intervals(truth, pred)
+    if resamples:
+        intervals.update(bootstrap(truth, scores, pred, resamples, seed))
     for key, value in point.items():
         report[key] = _finite(value)
         if intervals.get(key):

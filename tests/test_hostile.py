@@ -331,3 +331,18 @@ def test_a_bad_image_in_unsplit_data_follows_verify_on_corrupt(tmp_path, demo_ro
     shaped = verify(parse_params(raw), out, tmp_path / "d.json", tmp_path / "r.md")
     assert shaped["total"] == 48  # every demo image, without the broken one
     assert "broken.png" in (tmp_path / "d.json").read_text()
+
+
+def test_resume_drops_the_curve_rows_of_an_epoch_the_state_does_not_hold(tmp_path):
+    """Finding 8's other half: killed after dvclive wrote epoch 4's rows but before the state was
+    saved, the resumed run repeats epoch 4; its earlier rows go, so no step appears twice."""
+    from cxr.train.run import trim_curves
+
+    curve = tmp_path / "live/plots/metrics/val/f1.tsv"
+    curve.parent.mkdir(parents=True)
+    curve.write_text("step\tf1\n0\t0.5\n1\t0.6\n2\t0.7\n3\t0.1\n")
+    untouched = tmp_path / "live/plots/metrics/lr.tsv"
+    untouched.write_text("step\tlr\n0\t0.1\n1\t0.1\n2\t0.1\n")
+    trim_curves(tmp_path / "live", 3)
+    assert curve.read_text() == "step\tf1\n0\t0.5\n1\t0.6\n2\t0.7\n"
+    assert untouched.read_text() == "step\tlr\n0\t0.1\n1\t0.1\n2\t0.1\n"

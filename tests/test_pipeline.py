@@ -45,19 +45,26 @@ def set_param(repo, section, key, value):
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A git + DVC repository holding the project's pipeline code and tiny params."""
-    root = tmp_path_factory.mktemp("pipeline")
+def make_repo(root, params: dict, ignore: bool = False):
+    """A git + DVC repository at `root` holding the project's pipeline code and `params` (and, with
+    `ignore`, the project's .gitignore)."""
     for name in ("stages", "cxr"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    if ignore:
+        shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(root, "git", "init", "-q")
     dvc(root, "init", "-q")
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "pipeline")
     return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + DVC repository holding the project's pipeline code and tiny params."""
+    return make_repo(tmp_path_factory.mktemp("pipeline"), tiny_params_dict())
 
 
 def test_repro_builds_everything_then_nothing(repo):
@@ -272,3 +279,73 @@ def test_push_delete_pull_leaves_nothing_to_reproduce(repo, tmp_path):
     assert "Data and pipelines are up to date" in status, status
     _, out = dvc(repo, "repro")
     assert "Running stage" not in out
+
+
+def _kill_9_after(repo, rows: int, *command) -> None:
+    """Start `command` (a dvc run) in `repo`, kill -9 it once the training curve has `rows` epochs,
+    and check its trainer died with it (the training lock is free again within 10 s)."""
+    import fcntl
+    import signal
+    import time
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", *command], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    curve = repo / "metrics/train/plots/metrics/train/loss.tsv"
+    before = curve.read_text() if curve.is_file() else None  # an earlier run's curve does not count
+    deadline = time.monotonic() + 600
+    while True:
+        text = curve.read_text() if curve.is_file() else None
+        if text is not None and text != before and len(text.splitlines()) > rows:
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lock = repo / "models/.train.lock"
+    for _ in range(200):
+        with lock.open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                time.sleep(0.05)
+    raise AssertionError("the trainer outlived the killed dvc process (the training lock is still held)")
+
+
+def _steps_and_best(repo) -> tuple[list[int], int]:
+    import torch
+
+    rows = (repo / "metrics/train/plots/metrics/val/f1.tsv").read_text().splitlines()[1:]
+    steps = [int(r.split("\t")[0]) for r in rows]
+    f1 = [float(r.split("\t")[1]) for r in rows]
+    best = torch.load(repo / "models/model.pt", weights_only=True)["epoch"]
+    assert best == f1.index(max(f1)) + 1, f"models/model.pt holds epoch {best}, the curve's best is {f1}"
+    return steps, best
+
+
+def test_kill_9_mid_run_then_resume_through_dvc_repro_and_exp_run(tmp_path):
+    """Issue 14, findings 6 and 8, through DVC itself: kill -9 a `dvc repro` (and a `dvc exp run`)
+    mid-run; its trainer dies with it; resuming continues the curve in order, every epoch once, and
+    models/model.pt is the best epoch of the whole run even when that epoch came before the kill."""
+    params = tiny_params_dict(epochs=8)
+    params["data"]["demo"].update(train_per_class=48)  # epochs long enough to be killed inside one
+    repo = make_repo(tmp_path / "repo", params, ignore=True)
+    dvc(repo, "repro", "verify")
+
+    _kill_9_after(repo, 3, "repro")
+    set_param(repo, "train", "resume", True)
+    _, out = dvc(repo, "repro")
+    assert "resum" in out, out
+    steps, _ = _steps_and_best(repo)
+    assert steps == list(range(8))
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "a resumed run")
+
+    set_param(repo, "train", "resume", False)
+    set_param(repo, "train", "lr", params["train"]["lr"] / 2)
+    _kill_9_after(repo, 3, "exp", "run")
+    _, out = dvc(repo, "exp", "run", "-S", "train.resume=true")
+    assert "resum" in out, out
+    steps, _ = _steps_and_best(repo)
+    assert steps == list(range(8))

@@ -13,6 +13,7 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
+from cxr.atomic import write_text
 from cxr.config import RUNTIME_KEYS, Params
 from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
@@ -231,9 +232,22 @@ def scored_state(run: Run) -> dict:
     return state
 
 
+def trim_curves(live_dir: Path, start: int) -> None:
+    """Drop every curve row of an epoch the training state does not hold (step >= `start`): a run
+    killed after logging an epoch but before saving it repeats that epoch on resume, and its rows
+    would otherwise appear twice."""
+    for curve in sorted((Path(live_dir) / "plots").rglob("*.tsv")):
+        header, *rows = curve.read_text().splitlines()
+        kept = [row for row in rows if int(row.split("\t", 1)[0]) < start]
+        if len(kept) < len(rows):
+            write_text(curve, "\n".join([header, *kept]) + "\n")
+
+
 def _open_log(run: Run, live_dir: Path, start: int):
     if not run.fit.dist.is_main:
         return contextlib.nullcontext(_Silent())
+    if start > 0:
+        trim_curves(live_dir, start)
     return Live(dir=str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False, report=None)
 
 

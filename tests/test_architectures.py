@@ -60,7 +60,7 @@ def test_table_facts_hold_for_every_arch(arch):
     trainable = freeze(model, "backbone")
     assert trainable == sum(p.numel() for p in model.get_submodule(family.head).parameters())
     x = torch.rand(2, 3, SIZE, SIZE)
-    layer = gradcam_layer(model)
+    layer = gradcam_layer(model, x)
     cam = gradcam(model.eval(), x, torch.tensor([0, 2]), layer)
     assert cam.shape == (2, SIZE, SIZE) and torch.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
     if family.indexed:  # integer freeze entries index the family's numbered layers
@@ -100,3 +100,34 @@ def test_vit_weights_of_another_image_size_are_interpolated():
     load_backbone_weights(model, imagenet_like, "test", "heads")
     assert model.encoder.pos_embedding.shape[1] == 1 + (SIZE // 16) ** 2
     assert torch.equal(model.conv_proj.weight, imagenet_like["conv_proj.weight"])
+
+
+def _map_side(model: nn.Module, layer: str, x: torch.Tensor) -> int:
+    seen = {}
+    hook = model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: seen.__setitem__("a", out))
+    with torch.no_grad():
+        model.eval()(x)
+    hook.remove()
+    return min(seen["a"].shape[-2:])
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if FAMILY_OF_ARCH[a].finer])
+def test_gradcam_maps_are_at_least_7_by_7_at_the_default_image_size(arch):
+    """Issue 13: ResNet18's layer4 is 2 x 2 at the default 64 px (quadrant blobs); a finer layer of
+    the same network stands in (layer2, 8 x 8), and at 224 px the family's own layer is kept."""
+    from cxr.config import load_params
+    from tests.conftest import REPO
+
+    size = load_params(REPO / "params.yaml").train.image_size
+    torch.manual_seed(0)
+    model = build_model(arch, 3, (8,), 0.0, size)
+    x = torch.rand(2, 3, size, size)
+    layer = gradcam_layer(model, x)
+    assert _map_side(model, layer, x) >= 7, layer
+    family_layer = gradcam_layer(model)
+    if _map_side(model, family_layer, x) < 7:
+        assert layer != family_layer
+    if arch == "resnet18":
+        assert size != 64 or layer == "layer2"
+        big = torch.rand(1, 3, 224, 224)
+        assert gradcam_layer(model, big) == "layer4" and _map_side(model, "layer4", big) == 7

@@ -3,7 +3,9 @@
 A short hook-based implementation rather than a dependency: the map is the ReLU of the last
 spatial feature map weighted by the spatial mean of the class score's gradient, upsampled to
 the input and scaled to [0, 1] per image. The layer comes from the family's entry in
-cxr/model/architectures.py (ResNet's `layer4`, VGG's `features`, a ViT's last block's input).
+cxr/model/architectures.py (ResNet's `layer4`, VGG's `features`, a ViT's last block's input), or
+a finer layer of the same network when that map would be under 7 x 7 at the image size
+(ResNet18 at the default 64 px: `layer2`, 8 x 8, instead of `layer4`, 2 x 2).
 """
 
 from __future__ import annotations
@@ -18,10 +20,47 @@ from torch import nn
 
 from cxr.model.architectures import family_of, resolve
 
+MIN_SIDE = 7  # a coarser map is a few blobs, not a picture of where the evidence is
 
-def gradcam_layer(model: nn.Module) -> str:
-    """The layer Grad-CAM reads for this model's family (cxr/model/architectures.py)."""
-    return resolve(model, family_of(model).gradcam)
+
+def _candidates(model: nn.Module, layer: str, finer: str) -> list[str]:
+    """Layers that may stand in for `layer`, coarsest (deepest) first."""
+    if finer == "children":
+        names = [f"{layer}.{name}" for name, _ in model.get_submodule(layer).named_children()]
+    elif finer == "siblings":
+        parent, _, own = layer.rpartition(".")
+        siblings = [name for name, _ in (model.get_submodule(parent) if parent else model).named_children()]
+        names = [f"{parent}.{n}" if parent else n for n in siblings[: siblings.index(own) + 1]]
+    else:
+        names = []
+    return [layer, *reversed(names)]
+
+
+def gradcam_layer(model: nn.Module, sample: torch.Tensor | None = None, min_side: int = MIN_SIDE) -> str:
+    """The layer Grad-CAM reads: the family's (cxr/model/architectures.py) or, when its map is under
+    `min_side` on a side for inputs like `sample` (one normalised batch), the deepest layer before it
+    whose map is not (the family's `finer`); the family's layer when none is."""
+    family = family_of(model)
+    layer = resolve(model, family.gradcam)
+    if sample is None or not family.finer:
+        return layer
+    names = _candidates(model, layer, family.finer)
+    sides: dict[str, int] = {}
+    hooks = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: sides.__setitem__(name, min(out.shape[-2:]) if out.dim() == 4 else 0)
+        )
+        for name in names
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(sample[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return next((name for name in names if sides.get(name, 0) >= min_side), layer)
 
 
 def _as_map(t: torch.Tensor) -> torch.Tensor:

@@ -93,9 +93,11 @@ def write_submission(model, spec: ModelSpec, unlabeled: Path, thresholds, cfg, r
 def attribution_summary(model, test: SplitStore, probs, preds, runtime, limit: int = 256, batch: int = 32) -> dict:
     """Where Grad-CAM puts the evidence for the predicted class over (up to `limit`) test images:
     shares of its mass in the central box and the outer frame (cxr.evaluate.gradcam; a cheap proxy)."""
-    layer = gradcam_layer(model)
     target = probs.argmax(1) if test.multilabel else preds
     chosen = list(range(min(limit, len(test))))
+    if not chosen:
+        return {}
+    layer = gradcam_layer(model, runtime.images(test[chosen[:1]]))
     cams = [
         gradcam(
             model, runtime.images(test[chosen[i : i + batch]]), torch.as_tensor(target[chosen[i : i + batch]]), layer
@@ -116,8 +118,9 @@ def _gallery(model, spec: ModelSpec, test: SplitStore, probs, preds, per_kind: i
     pixels = test[chosen]
     # explain the decision: the predicted class (multi-label: the most probable one)
     target = probs[chosen].argmax(1) if test.multilabel else preds[chosen]
-    layer = gradcam_layer(model)
-    cams = gradcam(model, runtime.images(pixels), torch.as_tensor(target), layer).numpy()
+    images = runtime.images(pixels)
+    layer = gradcam_layer(model, images)
+    cams = gradcam(model, images, torch.as_tensor(target), layer).numpy()
     overlays = {i: overlay(pixels[k].numpy(), cams[k]) for k, i in enumerate(chosen)}
     title = f"Grad-CAM on {layer} for the predicted class; red = strongest evidence"
     cam_grid = prediction_grid(overlays.__getitem__, test.labels, probs, preds, spec.classes, examples, title)

@@ -20,36 +20,56 @@ class Family:
     head: str  # the module the new head replaces (its input is the backbone's pooled features)
     last_layer: str  # with head.keep_classifier: the classifier's last layer, replaced alone ("": none to keep)
     gradcam: str  # the module whose output Grad-CAM weighs; "-1" picks a container's last child
+    # where Grad-CAM finds a finer map when `gradcam`'s is under 7 x 7 at the image size (ResNet18's
+    # layer4 is 2 x 2 at 64 px): "children" (the container's own layers), "siblings" (the model's
+    # layers up to it), "" (none: a transformer's patch grid is its resolution)
+    finer: str = ""
     indexed: str | None = None  # what an integer train.freeze entry i means: f"{indexed}.{i}"
     sized: bool = False  # the builder needs the image size (ViT's position embeddings)
 
 
 FAMILIES: dict[str, Family] = {  # keyed by torchvision's class name
-    "ResNet": Family(("resnet18", "resnet50"), head="fc", last_layer="", gradcam="layer4"),
-    "VGG": Family(("vgg16",), head="classifier", last_layer="classifier.6", gradcam="features", indexed="features"),
+    "ResNet": Family(("resnet18", "resnet50"), head="fc", last_layer="", gradcam="layer4", finer="siblings"),
+    "VGG": Family(
+        ("vgg16",),
+        head="classifier",
+        last_layer="classifier.6",
+        gradcam="features",
+        finer="children",
+        indexed="features",
+    ),
     # DenseNet names its feature layers (features.denseblock1, ...): no integer freeze entries
-    "DenseNet": Family(("densenet121",), head="classifier", last_layer="", gradcam="features"),
+    "DenseNet": Family(("densenet121",), head="classifier", last_layer="", gradcam="features", finer="children"),
     "EfficientNet": Family(
         ("efficientnet_b0", "efficientnet_v2_s"),
         head="classifier",
         last_layer="classifier.1",
         gradcam="features",
+        finer="children",
         indexed="features",
     ),
     "MobileNetV2": Family(
-        ("mobilenet_v2",), head="classifier", last_layer="classifier.1", gradcam="features", indexed="features"
+        ("mobilenet_v2",),
+        head="classifier",
+        last_layer="classifier.1",
+        gradcam="features",
+        finer="children",
+        indexed="features",
     ),
     "MobileNetV3": Family(
         ("mobilenet_v3_small", "mobilenet_v3_large"),
         head="classifier",
         last_layer="classifier.3",
         gradcam="features",
+        finer="children",
         indexed="features",
     ),
-    "RegNet": Family(("regnet_y_400mf",), head="fc", last_layer="", gradcam="trunk_output"),
+    "RegNet": Family(("regnet_y_400mf",), head="fc", last_layer="", gradcam="trunk_output", finer="children"),
     # ConvNeXt's classifier is LayerNorm2d + Flatten + Linear: the norm and flatten are part of
     # the features, so only the Linear is ever replaced
-    "ConvNeXt": Family(("convnext_tiny",), head="classifier.2", last_layer="", gradcam="features", indexed="features"),
+    "ConvNeXt": Family(
+        ("convnext_tiny",), head="classifier.2", last_layer="", gradcam="features", finer="children", indexed="features"
+    ),
     # ViT: the class token reaches `heads`; Grad-CAM reads the patch tokens entering the last
     # block (after it, only the class token matters and patch gradients vanish)
     "VisionTransformer": Family(

@@ -69,8 +69,12 @@ def repo(tmp_path_factory):
 
 def test_repro_builds_everything_then_nothing(repo):
     _, out = dvc(repo, "repro")
-    for stage in ("download", "verify", "decode", "features", "train", "evaluate"):
+    for stage in ("download", "verify", "decode", "features", "train", "evaluate", "export"):
         assert f"Running stage '{stage}'" in out
+    exported = json.loads((repo / "metrics/export.json").read_text())
+    assert exported["images"] == 12 and exported["onnx_max_abs_diff"] < 1e-4
+    card = (repo / "models/MODEL_CARD.md").read_text()
+    assert "Not for clinical use" in card and "| train | 24 |" in card and "sensitivity" in card
     data = json.loads((repo / "metrics/data.json").read_text())
     assert data["train"] == {"total": 24, "infected": 12, "normal": 12}
     test = json.loads((repo / "metrics/test.json").read_text())
@@ -279,6 +283,21 @@ def test_push_delete_pull_leaves_nothing_to_reproduce(repo, tmp_path):
     assert "Data and pipelines are up to date" in status, status
     _, out = dvc(repo, "repro")
     assert "Running stage" not in out
+
+
+def test_the_model_is_a_registry_artifact_that_dvc_artifacts_get_fetches(repo, tmp_path):
+    """Issue 13: dvc.yaml's `artifacts:` entry; `dvc artifacts get` of the committed model from the
+    repository (as a clone would) gives the bytes dvc.lock records."""
+    import hashlib
+
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "model for the registry", check=False)
+    dvc(repo, "push")
+    got = tmp_path / "got.pt"
+    dvc(tmp_path, "artifacts", "get", str(repo), "cxr-classifier", "-o", str(got))
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    (md5,) = [o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt"]
+    assert hashlib.md5(got.read_bytes()).hexdigest() == md5
 
 
 def _kill_9_after(repo, rows: int, *command) -> None:

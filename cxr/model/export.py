@@ -1,0 +1,101 @@
+"""The trained model for use outside PyTorch: TorchScript and ONNX files that take the decoded
+pixels and return logits, each checked against the checkpoint on real images before it is kept.
+
+Input: float32 (N, 1, S, S) grayscale pixel values 0..255, the image resized as the spec's
+`preprocessing` says (the decoded store's pixels); the exported graph scales, repeats the channel
+and standardises as training did, so users need no ImageNet constants. Output: logits (N, classes);
+`spec.loss` says softmax (ce) or one sigmoid per class (bce, focal).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr.atomic import atomic_path
+from cxr.errors import PipelineError
+from cxr.model.spec import ModelSpec
+
+MAX_ABS_DIFF = 1e-4  # largest logit difference from the checkpoint an exported file may show
+INPUT, OUTPUT = "pixels", "logits"
+
+
+class ExportError(PipelineError, RuntimeError):
+    """An exported model disagrees with its checkpoint."""
+
+
+class Exported(nn.Module):
+    """pixels (N, 1, S, S) in 0..255 -> logits: the checkpoint's network with its input pipeline."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec):
+        super().__init__()
+        self.model = model.eval()
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels / 255.0).expand(-1, 3, -1, -1)
+        return self.model((x - self.mean) / self.std)
+
+
+def export_torchscript(wrapped: Exported, example: torch.Tensor, path: Path) -> None:
+    """TorchScript by tracing (deprecated upstream in favour of torch.export, still what many C++ and
+    mobile runtimes load; its deprecation warnings are silenced here, not its errors)."""
+    with torch.no_grad(), atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
+        torch.jit.save(torch.jit.trace(wrapped, example, check_trace=False), str(tmp))
+
+
+def export_onnx(wrapped: Exported, example: torch.Tensor, path: Path) -> None:
+    """ONNX through torch.export (the dynamo exporter), batch size left free, weights inside the file."""
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad(), atomic_path(path) as tmp:
+        program = torch.onnx.export(
+            wrapped, (example,), input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},),
+            dynamo=True, external_data=False, verbose=False,
+        )  # fmt: skip
+        program.save(str(tmp), external_data=False)
+
+
+def parity(wrapped: Exported, pixels: torch.Tensor, torchscript: Path, onnx: Path, batch: int = 64) -> dict[str, float]:
+    """Max abs logit difference of each exported file from the checkpoint over `pixels`."""
+    import onnxruntime  # the reference ONNX runtime; only the export stage needs it
+
+    session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
+        scripted = torch.jit.load(str(torchscript), map_location="cpu")
+    worst = {"torchscript_max_abs_diff": 0.0, "onnx_max_abs_diff": 0.0}
+    with torch.no_grad():
+        for start in range(0, len(pixels), batch):
+            x = pixels[start : start + batch].float()
+            ref = wrapped(x).numpy()
+            got = {
+                "torchscript_max_abs_diff": scripted(x).numpy(),
+                "onnx_max_abs_diff": session.run([OUTPUT], {INPUT: x.numpy()})[0],
+            }
+            for key, logits in got.items():
+                worst[key] = max(worst[key], float(np.abs(logits - ref).max()))
+    return worst
+
+
+def export(model: nn.Module, spec: ModelSpec, pixels: torch.Tensor, out_dir: Path) -> dict:
+    """Write `out_dir/model.torchscript.pt` and `out_dir/model.onnx`, check both against the
+    checkpoint on `pixels` (uint8 (N, 1, S, S)) and return the differences; refuse above MAX_ABS_DIFF."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wrapped = Exported(model, spec).eval()
+    example = pixels[:2].float()
+    paths = {"torchscript": out_dir / "model.torchscript.pt", "onnx": out_dir / "model.onnx"}
+    export_torchscript(wrapped, example, paths["torchscript"])
+    export_onnx(wrapped, example, paths["onnx"])
+    diffs = parity(wrapped, pixels, paths["torchscript"], paths["onnx"])
+    bad = {k: v for k, v in diffs.items() if not v <= MAX_ABS_DIFF}
+    if bad:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+        raise ExportError(f"export: exported logits differ from the checkpoint's by {bad} (limit {MAX_ABS_DIFF})")
+    return {"images": len(pixels), "max_abs_diff_limit": MAX_ABS_DIFF, **diffs}

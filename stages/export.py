@@ -1,0 +1,35 @@
+"""Stage `export`: the best checkpoint as ONNX and TorchScript files, each checked against the
+checkpoint on the test images, and models/MODEL_CARD.md from the metrics the pipeline tracks."""
+
+from __future__ import annotations
+
+import json
+
+from cxr.atomic import write_json, write_text
+from cxr.config import load_params
+from cxr.data.store import SplitStore
+from cxr.evaluate.card import model_card
+from cxr.model.checkpoint import load_checkpoint
+from cxr.model.export import export
+from cxr.paths import DATA_METRICS, DECODED_DIR, EXPORT_DIR, EXPORT_METRICS, MODEL_CARD, MODEL_PATH, TEST_METRICS
+from cxr.stage import stage
+
+
+@stage("export")
+def main() -> None:
+    params = load_params()
+    model, spec, _ = load_checkpoint(MODEL_PATH)
+    test = SplitStore(DECODED_DIR, "test", spec.image_size)
+    result = export(model, spec, test[list(range(len(test)))], EXPORT_DIR)
+    write_json(EXPORT_METRICS, result)
+    data, scores = json.loads(DATA_METRICS.read_text()), json.loads(TEST_METRICS.read_text())
+    write_text(MODEL_CARD, model_card(params, spec, data, scores, result))
+    print(
+        f"export: {EXPORT_DIR}/model.onnx and model.torchscript.pt match {MODEL_PATH} on {result['images']} test "
+        f"images (max abs logit difference: ONNX {result['onnx_max_abs_diff']:.1e}, TorchScript "
+        f"{result['torchscript_max_abs_diff']:.1e}); {MODEL_CARD} written"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Stage export (issue 13): ONNX and TorchScript files that give the checkpoint's logits on the test
+images (onnxruntime, max abs difference < 1e-4), refused when they do not, and the model card."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from cxr.config import parse_params
+from cxr.data.demo import write_demo_dataset
+from cxr.data.store import SplitStore
+from cxr.evaluate.card import model_card
+from cxr.model.checkpoint import load_checkpoint
+from cxr.model.export import ExportError, export
+from cxr.model.inference import Runtime
+from tests.conftest import tiny_params_dict, train_on
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("export")
+    params = parse_params(tiny_params_dict())
+    write_demo_dataset(work / "raw", params.data, params.seed)
+    train_on(params, work / "raw", work)
+    model, spec, _ = load_checkpoint(work / "models/model.pt")
+    test = SplitStore(work / "data/decoded", "test", spec.image_size)
+    return params, model, spec, test[list(range(len(test)))], work
+
+
+def test_onnx_and_torchscript_give_the_checkpoints_logits(trained, tmp_path):
+    params, model, spec, pixels, _ = trained
+    result = export(model, spec, pixels, tmp_path)
+    assert result["images"] == len(pixels) == 12
+    assert result["onnx_max_abs_diff"] < 1e-4 and result["torchscript_max_abs_diff"] < 1e-4
+    # independently of the stage: onnxruntime on the file vs the pipeline's own inference path
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"pixels": pixels.float().numpy()})[0]
+    with torch.no_grad():
+        reference = model(Runtime(torch.device("cpu"), None).images(pixels)).numpy()
+    assert np.abs(onnx_logits - reference).max() < 1e-4
+    one = session.run(["logits"], {"pixels": pixels[:1].float().numpy()})[0]  # the batch size is free
+    assert one.shape == (1, len(spec.classes))
+
+
+def test_an_export_that_disagrees_is_refused_and_removed(trained, tmp_path, monkeypatch):
+    import cxr.model.export as exporting
+
+    _, model, spec, pixels, _ = trained
+    monkeypatch.setattr(exporting, "MAX_ABS_DIFF", -1.0)
+    with pytest.raises(ExportError, match="differ from the checkpoint"):
+        export(model, spec, pixels, tmp_path)
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.torchscript.pt").exists()
+
+
+def test_the_model_card_states_data_results_audit_and_limits(trained):
+    params, _, spec, _, work = trained
+    data = {"train": {"total": 24, "infected": 12, "normal": 12}, "shortcut": {"balanced_accuracy": 0.53,
+            "chance": 0.5, "most_telling": "spread"}}  # fmt: skip
+    test = {"n": 12, "accuracy": 0.75, "f1_macro": 0.74, "threshold_rule": "0.5", "checkpoint_epoch": 2,
+            "screening": {"infected": {"threshold": 0.5, "sensitivity": 1.0, "sensitivity_ci95_low": 0.541,
+                                       "sensitivity_ci95_high": 1.0, "specificity": 0.5, "ppv": 0.667, "npv": 1.0,
+                                       "roc_auc": 0.9, "ece": 0.1}},
+            "attribution": {"layer": "layer2", "central_share": 0.6}}  # fmt: skip
+    card = model_card(params, spec, data, test, {"images": 12, "onnx_max_abs_diff": 2e-6})
+    assert "Not for clinical use" in card
+    assert "| train | 24 | infected 12, normal 12 |" in card
+    assert "| infected | 0.500 | 1.000 [0.541, 1.000] | 0.500 |" in card
+    assert "balanced accuracy 0.530" in card and "`spread`" in card and "`layer2`" in card
+    assert "accuracy 0.750" in card and f"classes {', '.join(spec.classes)}" in card

@@ -316,7 +316,7 @@ def test_a_bad_image_in_unsplit_data_follows_verify_on_corrupt(tmp_path, demo_ro
         shutil.copy(png, folder / png.parent.name / f"{png.parent.parent.name}_{png.name}")
     broken = folder / "normal" / "broken.png"
     if bad == "truncated":
-        broken.write_bytes((folder / "normal").glob("*.png").__next__().read_bytes()[:200])
+        broken.write_bytes(next((folder / "normal").glob("*.png")).read_bytes()[:200])
     else:
         Image.new("L", (3000, 3000)).save(broken)  # 9 M pixels, over the 4 M limit below
     with pytest.raises(DatasetError, match=r"broken\.png.*verify\.on_corrupt: skip"):

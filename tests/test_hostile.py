@@ -346,3 +346,40 @@ def test_resume_drops_the_curve_rows_of_an_epoch_the_state_does_not_hold(tmp_pat
     trim_curves(tmp_path / "live", 3)
     assert curve.read_text() == "step\tf1\n0\t0.5\n1\t0.6\n2\t0.7\n"
     assert untouched.read_text() == "step\tlr\n0\t0.1\n1\t0.1\n2\t0.1\n"
+
+
+def test_a_root_labels_csv_in_a_pinned_archive_cannot_reach_outside_it(tmp_path, demo_root, monkeypatch):
+    """Finding 1 through data.source url: the archive's labels.csv names `../../../../x/secret.txt`;
+    download refuses by file and line, and no copy of the host file lands anywhere."""
+    import hashlib
+    import io
+    import threading
+    import zipfile
+
+    from tests.test_sources import ArchiveServer, _url_params
+
+    secret = tmp_path / "x" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("host secret")
+    folder = tmp_path / "set"
+    _csv_dataset(folder, demo_root, "../../../../x/secret.txt")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            zf.write(path, f"set/{path.relative_to(folder).as_posix()}")
+    body = buffer.getvalue()
+    http = ArchiveServer()  # tests/test_sources.py's local HTTP server on 127.0.0.1
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    http.files["set.zip"] = body
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "DOWNLOAD_DIR", tmp_path / "downloads")
+    out = tmp_path / "unpacked"
+    out.mkdir()
+    params = _url_params(http.url("set.zip"), hashlib.sha256(body).hexdigest())
+    try:
+        with pytest.raises(DatasetError, match=r"labels.csv:22: path '../../../../x/secret.txt' leads outside"):
+            sources.write_dataset(params.data, 0, out)
+    finally:
+        http.shutdown()
+        http.server_close()
+    assert [p for p in tmp_path.rglob("secret.txt") if p != secret] == []

@@ -69,3 +69,12 @@ def test_the_model_card_states_data_results_audit_and_limits(trained):
     assert "| infected | 0.500 | 1.000 [0.541, 1.000] | 0.500 |" in card
     assert "balanced accuracy 0.530" in card and "`spread`" in card and "`layer2`" in card
     assert "accuracy 0.750" in card and f"classes {', '.join(spec.classes)}" in card
+
+
+def test_a_one_image_test_split_still_exports_a_free_batch_size(trained, tmp_path):
+    _, model, spec, pixels, _ = trained
+    assert export(model, spec, pixels[:1], tmp_path)["images"] == 1
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(["logits"], {"pixels": pixels[:3].float().numpy()})[0].shape == (3, len(spec.classes))
+    with pytest.raises(ExportError, match="no images"):
+        export(model, spec, pixels[:0], tmp_path / "none")

@@ -286,12 +286,16 @@ def test_push_delete_pull_leaves_nothing_to_reproduce(repo, tmp_path):
 
 
 def test_the_model_is_a_registry_artifact_that_dvc_artifacts_get_fetches(repo, tmp_path):
-    """Issue 13: dvc.yaml's `artifacts:` entry; `dvc artifacts get` of the committed model from the
-    repository (as a clone would) gives the bytes dvc.lock records."""
+    """Issue 13: dvc.yaml's `artifacts:` entry; a version registered the way GTO does it (an annotated
+    git tag `cxr-classifier@v1.0.0`), then `dvc artifacts get` of it from the repository (as a clone
+    would) gives the bytes dvc.lock records."""
     import hashlib
 
+    dvc(repo, "repro")  # nothing to do after the tests above; the whole pipeline when run alone
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "model for the registry", check=False)
+    run(repo, "git", "tag", "-a", "cxr-classifier@v1.0.0", "-m", "Registering artifact cxr-classifier version v1.0.0")
+    dvc(repo, "remote", "add", "--local", "-d", "-f", "registry", str(tmp_path / "remote"))
     dvc(repo, "push")
     got = tmp_path / "got.pt"
     dvc(tmp_path, "artifacts", "get", str(repo), "cxr-classifier", "-o", str(got))

@@ -9,7 +9,9 @@ and standardises as training did, so users need no ImageNet constants. Output: l
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +44,18 @@ class Exported(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def export_torchscript(wrapped: Exported, example: torch.Tensor, path: Path) -> None:
-    """TorchScript by tracing (deprecated upstream in favour of torch.export, still what many C++ and
-    mobile runtimes load; its deprecation warnings are silenced here, not its errors)."""
-    with torch.no_grad(), atomic_path(path) as tmp, warnings.catch_warnings():
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """TorchScript is deprecated upstream in favour of torch.export but still what many C++ and mobile
+    runtimes load: its deprecation warnings are silenced here, not its errors."""
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
+        yield
+
+
+def export_torchscript(wrapped: Exported, example: torch.Tensor, path: Path) -> None:
+    """TorchScript by tracing."""
+    with torch.no_grad(), atomic_path(path) as tmp, _quiet_jit():
         torch.jit.save(torch.jit.trace(wrapped, example, check_trace=False), str(tmp))
 
 
@@ -66,8 +75,7 @@ def parity(wrapped: Exported, pixels: torch.Tensor, torchscript: Path, onnx: Pat
     import onnxruntime  # the reference ONNX runtime; only the export stage needs it
 
     session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
+    with _quiet_jit():
         scripted = torch.jit.load(str(torchscript), map_location="cpu")
     worst = {"torchscript_max_abs_diff": 0.0, "onnx_max_abs_diff": 0.0}
     with torch.no_grad():

@@ -3,6 +3,7 @@ a one-image last batch. Each case is refused by name or handled; nothing outside
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -219,6 +220,61 @@ def test_a_second_trainer_is_refused_while_one_holds_the_workspace(tmp_path, dem
         with pytest.raises(TrainingLockError, match=rf"another training run \(pid {os.getpid()}\)"):
             train_on(parse_params(tiny_params_dict(epochs=1)), demo_root, tmp_path)
     train_on(parse_params(tiny_params_dict(epochs=1)), demo_root, tmp_path)  # free again: trains
+
+
+_SLEEPER = (
+    "import os, time; from cxr.train.exclusive import die_with_launcher; "
+    "print(die_with_launcher(), os.getppid(), flush=True); time.sleep(60)"
+)
+_LAUNCHER = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen(['/bin/sh', '-c', sys.argv[1] + ' -c \"' + sys.argv[2] + '\"; true']); time.sleep(60)"
+)
+
+
+@pytest.mark.parametrize("under_dvc", [True, False])
+def test_a_trainer_started_through_sh_dies_with_dvc_not_with_a_terminal(tmp_path, under_dvc):
+    """Issue 14, finding 8, as CI runs it: with SHELL unset dvc runs a stage as `/bin/sh -c CMD` and dash
+    keeps the shell alive as the trainer's parent, so the kernel's parent-death signal never fires when
+    dvc is killed. Under dvc (DVC_STAGE set) the trainer watches dvc itself and ends within a second or
+    two; started by a person's shell (no DVC_STAGE) it is left alone, so `nohup` runs survive."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "DVC_STAGE"}
+    if under_dvc:
+        env["DVC_STAGE"] = "train"
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:  # "dvc": a python process running sh -c "python -c SLEEPER; true"
+        dvc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, sys.executable, _SLEEPER], cwd=REPO_ROOT, env=env, stdout=sink
+        )
+    deadline = time.monotonic() + 60
+    while not out.read_text().strip():
+        assert time.monotonic() < deadline, "the trainer did not start"
+        time.sleep(0.05)
+    launcher, parent = out.read_text().split()
+    assert parent != str(dvc.pid)  # a shell stands between, as under dash
+    assert launcher == (str(dvc.pid) if under_dvc else "None")
+    trainer = int(
+        subprocess.run(
+            ["pgrep", "-f", "-P", parent, "die_with_launcher"], capture_output=True, text=True
+        ).stdout.split()[0]
+    )
+    os.kill(dvc.pid, signal.SIGKILL)
+    dvc.wait()
+    try:
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{trainer}") or open(f"/proc/{trainer}/stat").read().split(") ")[1][0] == "Z":
+                break
+            time.sleep(0.05)
+        alive = os.path.exists(f"/proc/{trainer}") and open(f"/proc/{trainer}/stat").read().split(") ")[1][0] != "Z"
+        assert alive is not under_dvc, "under dvc the trainer must end with it; from a shell it must run on"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(trainer, signal.SIGKILL)
 
 
 def _interrupted_at_epoch_3(tmp_path, demo_root, monkeypatch):

@@ -369,6 +369,7 @@ def _kill_9_after(repo, rows: int, *command) -> None:
     import time
 
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env.pop("SHELL", None)  # as in CI: dvc runs the stage through /bin/sh (dash), which stays its parent
     proc = subprocess.Popen([sys.executable, "-m", "dvc", *command], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     curve = repo / "metrics/train/plots/metrics/train/loss.tsv"

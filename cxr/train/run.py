@@ -32,7 +32,7 @@ from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LI
 from cxr.train.augment import augment_batch, is_active
 from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed
-from cxr.train.exclusive import die_with_parent, training_lock
+from cxr.train.exclusive import die_with_launcher, training_lock
 from cxr.train.features import cache_applies, load_features
 from cxr.train.loop import (
     EpochResult,
@@ -261,7 +261,7 @@ def train(
 ) -> dict:
     """Train per `params`; keep the best epoch (val macro F1) at `model_path`. Returns the best scores."""
     dist = Distributed.from_env()
-    die_with_parent()
+    die_with_launcher()
     lock = training_lock(Path(last_path).parent / ".train.lock") if dist.is_main else contextlib.nullcontext()
     try:
         with lock:

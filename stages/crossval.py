@@ -6,8 +6,9 @@ import shutil
 
 from cxr.atomic import write_json
 from cxr.config import load_params
-from cxr.paths import CV_DIR, CV_FOLDS_PLOT, CV_METRICS, DECODED_DIR, RAW_DIR
+from cxr.paths import CV_DIR, CV_FOLDS_PLOT, CV_METRICS, CV_SUMMARY, DECODED_DIR, RAW_DIR
 from cxr.stage import stage
+from cxr.summaries import cv_summary
 from cxr.validation.crossval import FOLD_METRICS, cross_validate
 
 
@@ -17,6 +18,7 @@ def main() -> None:
     shutil.rmtree(CV_DIR, ignore_errors=True)
     CV_DIR.mkdir(parents=True)
     result = cross_validate(params, RAW_DIR, DECODED_DIR, CV_DIR, CV_METRICS)
+    write_json(CV_SUMMARY, cv_summary(result))
     write_json(
         CV_FOLDS_PLOT, [{"fold": f"fold {f['fold'] + 1}", **{k: f[k] for k in FOLD_METRICS}} for f in result["folds"]]
     )

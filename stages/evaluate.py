@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from cxr.atomic import write_json
 from cxr.config import load_params
 from cxr.evaluate.run import evaluate
-from cxr.paths import DECODED_DIR, EVAL_LIVE_DIR, MODEL_PATH, PREDICTIONS, RAW_DIR, SUBMISSION, TEST_METRICS
+from cxr.paths import (
+    DECODED_DIR,
+    EVAL_LIVE_DIR,
+    MODEL_PATH,
+    PREDICTIONS,
+    RAW_DIR,
+    SUBMISSION,
+    TEST_METRICS,
+    TEST_SUMMARY,
+)
 from cxr.stage import stage
+from cxr.summaries import test_summary
 
 
 @stage("evaluate")
@@ -13,6 +24,7 @@ def main() -> None:
     scores = evaluate(
         load_params(), MODEL_PATH, DECODED_DIR, RAW_DIR, TEST_METRICS, PREDICTIONS, EVAL_LIVE_DIR, SUBMISSION
     )
+    write_json(TEST_SUMMARY, test_summary(scores))
     if "subset_accuracy" in scores:
         headline = f"subset accuracy {scores['subset_accuracy']:.4f}, macro F1 {scores['f1_macro']:.4f}"
     else:

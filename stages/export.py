@@ -11,8 +11,18 @@ from cxr.data.store import SplitStore
 from cxr.evaluate.card import model_card
 from cxr.model.checkpoint import load_checkpoint
 from cxr.model.export import export
-from cxr.paths import DATA_METRICS, DECODED_DIR, EXPORT_DIR, EXPORT_METRICS, MODEL_CARD, MODEL_PATH, TEST_METRICS
+from cxr.paths import (
+    DATA_METRICS,
+    DECODED_DIR,
+    EXPORT_DIR,
+    EXPORT_METRICS,
+    EXPORT_SUMMARY,
+    MODEL_CARD,
+    MODEL_PATH,
+    TEST_METRICS,
+)
 from cxr.stage import stage
+from cxr.summaries import export_summary
 
 
 @stage("export")
@@ -22,6 +32,7 @@ def main() -> None:
     test = SplitStore(DECODED_DIR, "test", spec.image_size)
     result = export(model, spec, test[list(range(len(test)))], EXPORT_DIR)
     write_json(EXPORT_METRICS, result)
+    write_json(EXPORT_SUMMARY, export_summary(result))
     data, scores = json.loads(DATA_METRICS.read_text()), json.loads(TEST_METRICS.read_text())
     write_text(MODEL_CARD, model_card(params, spec, data, scores, result))
     print(

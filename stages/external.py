@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from cxr.atomic import write_json
 from cxr.config import load_params
-from cxr.paths import EXTERNAL_LIVE_DIR, EXTERNAL_METRICS, MODEL_PATH, RAW_DIR, TEST_METRICS
+from cxr.paths import EXTERNAL_LIVE_DIR, EXTERNAL_METRICS, EXTERNAL_SUMMARY, MODEL_PATH, RAW_DIR, TEST_METRICS
 from cxr.stage import stage
+from cxr.summaries import external_summary
 from cxr.validation.external import validate_externally
 
 
 @stage("external")
 def main() -> None:
     results = validate_externally(load_params(), MODEL_PATH, TEST_METRICS, RAW_DIR, EXTERNAL_METRICS, EXTERNAL_LIVE_DIR)
+    write_json(EXTERNAL_SUMMARY, external_summary(results))
     for name, s in results.items():
         accuracy = s.get("accuracy", s.get("subset_accuracy"))
         print(

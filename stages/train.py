@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
+from cxr.atomic import write_json
 from cxr.config import load_params
+from cxr.paths import TRAIN_SUMMARY
 from cxr.stage import stage
-from cxr.train.distributed import relaunch
+from cxr.summaries import train_summary
+from cxr.train.distributed import Distributed, relaunch
 from cxr.train.run import train
 
 
@@ -21,7 +24,9 @@ def main() -> None:
     params = load_params()
     if params.train.nproc > 1 and "WORLD_SIZE" not in os.environ:
         sys.exit(relaunch(params.train.nproc, "stages.train"))
-    train(params)
+    best = train(params)
+    if Distributed.from_env().is_main:  # one writer under torchrun
+        write_json(TRAIN_SUMMARY, train_summary(best))
 
 
 if __name__ == "__main__":

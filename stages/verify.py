@@ -10,8 +10,9 @@ from cxr.data.report import data_metrics, render_report
 from cxr.data.shortcuts import audit
 from cxr.data.splits import DatasetError
 from cxr.data.verify import verify_splits
-from cxr.paths import DATA_METRICS, DATA_REPORT, RAW_DIR
+from cxr.paths import DATA_METRICS, DATA_REPORT, DATA_SUMMARY, RAW_DIR
 from cxr.stage import stage
+from cxr.summaries import data_summary
 
 
 def verify(params: Params, raw_dir: Path = RAW_DIR, metrics: Path = DATA_METRICS, report: Path = DATA_REPORT) -> dict:
@@ -48,7 +49,7 @@ def verify(params: Params, raw_dir: Path = RAW_DIR, metrics: Path = DATA_METRICS
 
 @stage("verify")
 def main() -> None:
-    verify(load_params())
+    write_json(DATA_SUMMARY, data_summary(verify(load_params())))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -186,11 +187,24 @@ def test_experiments_metrics_diff_and_plots(repo, tmp_path):
     assert experiments, shown
     data = experiments[0]["data"]
     assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.0001
-    assert "accuracy" in data["metrics"]["metrics/test.json"]["data"]
+    assert "accuracy" in data["metrics"]["metrics/summary/test.json"]["data"]
+    shown_metrics = {key for file in data["metrics"].values() for key in _flat_keys(file["data"])}
+    assert not shown_metrics & {"model_sha256", "n", "train.loss", "total"}, "detail must stay out of the table"
+    assert len(shown_metrics) <= 30, sorted(shown_metrics)
 
     _, diff = dvc(repo, "metrics", "diff", "--json")
     changed = json.loads(diff)
-    assert "metrics/test.json" in changed and "metrics/train/metrics.json" in changed
+    assert "metrics/summary/test.json" in changed and "metrics/summary/train.json" in changed
+
+    command = _readme_exp_show()  # the README's table, as a terminal of 120 columns renders it
+    proc = subprocess.run(shlex.split(command.replace("dvc ", f"{sys.executable} -m dvc ", 1)), cwd=repo,
+                          env={**os.environ, "COLUMNS": "120"}, capture_output=True, text=True, check=True)  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert lines and max(len(line) for line in lines) <= 120 and "…" not in proc.stdout, proc.stdout
+    header = lines[1].split()
+    for column in ("Experiment", "accuracy", "f1_macro", "best_epoch", "train.lr", "train.arch", "train.freeze"):
+        assert column in header, proc.stdout
+    assert "0.0001" in proc.stdout  # the experiment's own row
 
     out_dir = tmp_path / "plots"
     dvc(repo, "plots", "show", "-o", str(out_dir))
@@ -198,6 +212,22 @@ def test_experiments_metrics_diff_and_plots(repo, tmp_path):
     for title in ("Loss", "Accuracy", "Test confusion matrix", "normalised", "roc", "precision_recall", "calibration"):
         assert title in page, title
     assert list((out_dir / "static").glob("*predictions.png")) and list((out_dir / "static").glob("*gradcam.png"))
+
+
+def _flat_keys(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flat_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _readme_exp_show() -> str:
+    """The README's `dvc exp show --drop ... --keep ...` line (without its comment)."""
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("dvc exp show --drop"):
+            return line.split("  #")[0].strip()
+    raise AssertionError("README.md has no `dvc exp show --drop ...` line")
 
 
 def test_bad_params_fail_before_any_work(repo):
@@ -261,7 +291,7 @@ def test_queued_experiments_run_two_at_a_time(repo):
     for name, lr in (("queued-a", 0.003), ("queued-b", 0.004)):
         assert name in found, shown
         assert found[name]["params"]["params.yaml"]["data"]["train"]["lr"] == lr
-        assert 0.0 <= found[name]["metrics"]["metrics/test.json"]["data"]["accuracy"] <= 1.0
+        assert 0.0 <= found[name]["metrics"]["metrics/summary/test.json"]["data"]["accuracy"] <= 1.0
 
 
 def test_push_delete_pull_leaves_nothing_to_reproduce(repo, tmp_path):

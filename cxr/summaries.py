@@ -1,0 +1,79 @@
+"""What `dvc metrics show`, `dvc metrics diff` and `dvc exp show` compare: a handful of numbers per stage
+in metrics/summary/<stage>.json, the files dvc.yaml declares as `metrics:`. Each stage's full detail
+(per-class counts, hashes, per-fold lists, data inventories) stays in its own JSON file, a plain out.
+
+Keys are flat or nested under a class or set name, never spelled like a params.yaml key, and unique
+across the files, so `dvc exp show` names each column by its key alone."""
+
+from __future__ import annotations
+
+SUMMARY_CLASS_KEYS = {"sensitivity": "sensitivity", "specificity": "specificity", "roc_auc": "auc"}
+
+
+def _rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def data_summary(detail: dict) -> dict:
+    """verify: images verified, leaks across splits (identical or near-identical images, shared
+    patients) and how well image properties alone predict the label (the shortcut audit)."""
+    shortcut = detail.get("shortcut") or {}
+    return {
+        "images": detail["total"],
+        "leaks_across_splits": detail["duplicate_groups"]["across_splits"]
+        + detail["near_duplicate_pairs"]["across_splits"]
+        + detail["patients_across_splits"],
+        "shortcut_accuracy": _rounded(shortcut.get("balanced_accuracy")),
+    }
+
+
+def train_summary(best: dict) -> dict:
+    """train: the epoch kept as models/model.pt and its validation scores."""
+    return {
+        "best_epoch": best["epoch"],
+        "val_f1": _rounded(best["val_f1"]),
+        "val_accuracy": _rounded(best["val_accuracy"]),
+    }
+
+
+def class_summary(report: dict) -> dict:
+    """Sensitivity, specificity and ROC AUC of one screened class, each with its 95 % interval."""
+    out = {}
+    for key, name in SUMMARY_CLASS_KEYS.items():
+        out[name] = _rounded(report.get(key))
+        out[f"{name}_lo"] = _rounded(report.get(f"{key}_ci95_low"))
+        out[f"{name}_hi"] = _rounded(report.get(f"{key}_ci95_high"))
+    return out
+
+
+def test_summary(scores: dict) -> dict:
+    """evaluate: accuracy (subset accuracy for multi-label), macro F1, and per class the screening
+    figures with intervals."""
+    key = "subset_accuracy" if "subset_accuracy" in scores else "accuracy"
+    out = {key: _rounded(scores[key]), "f1_macro": _rounded(scores["f1_macro"])}
+    out.update({cls: class_summary(report) for cls, report in scores["screening"].items()})
+    return out
+
+
+def export_summary(detail: dict) -> dict:
+    """export: how far each exported file's logits are from the checkpoint's."""
+    return {k: detail[k] for k in ("onnx_max_abs_diff", "torchscript_max_abs_diff")}
+
+
+def external_summary(results: dict) -> dict:
+    """external: accuracy and macro F1 per external set."""
+    out = {}
+    for name, scores in results.items():
+        key = "subset_accuracy" if "subset_accuracy" in scores else "accuracy"
+        out[name] = {key: _rounded(scores[key]), "f1_macro": _rounded(scores["f1_macro"])}
+    return out
+
+
+def cv_summary(result: dict) -> dict:
+    """crossval: the number of folds and the mean and spread of accuracy and macro F1 over them."""
+    out: dict = {"folds": result["k"]}
+    if result["k"]:
+        for key in ("accuracy", "f1_macro"):
+            out[f"cv_{key}"] = _rounded(result[f"{key}_mean"])
+            out[f"cv_{key}_std"] = _rounded(result[f"{key}_std"])
+    return out

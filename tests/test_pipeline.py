@@ -57,6 +57,8 @@ def make_repo(root, params: dict, ignore: bool = False):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(root, "git", "init", "-q")
     dvc(root, "init", "-q")
+    shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # the plot templates and the offline page
+    dvc(root, "config", "plots.html_template", "plots/offline.html")
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "pipeline")
     return root
@@ -207,8 +209,12 @@ def test_experiments_metrics_diff_and_plots(repo, tmp_path):
     assert "0.0001" in proc.stdout  # the experiment's own row
 
     out_dir = tmp_path / "plots"
-    dvc(repo, "plots", "show", "-o", str(out_dir))
+    _, out = dvc(repo, "plots", "show", "-o", str(out_dir))
+    assert "failed to load" not in out, out  # every declared plot applies to this task (or is an empty file)
     page = (out_dir / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vega-embed/build/vega-embed.min.js, BSD-3-Clause" in page  # offline
+    assert "toNumber(datum['step']) + 1" in page and '"type": "log"' in page  # epochs from 1, lr on a log scale
+    assert "Test ROC, one vs rest (dashed = chance)" in page and '"strokeDash": [4, 4]' in page
     for title in ("Loss", "Accuracy", "Test confusion matrix", "normalised", "roc", "precision_recall", "calibration"):
         assert title in page, title
     assert list((out_dir / "static").glob("*predictions.png")) and list((out_dir / "static").glob("*gradcam.png"))

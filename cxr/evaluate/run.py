@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from dvclive import Live
 
-from cxr.atomic import atomic_path, write_json
+from cxr.atomic import atomic_path, write_json, write_text
 from cxr.checksums import sha256_of
 from cxr.config import Params
 from cxr.data.images import is_image, open_rgb
@@ -48,23 +48,33 @@ def write_predictions(path: Path, test: SplitStore, probs: np.ndarray, preds: np
             writer.writerow([file, true, pred, *(f"{p:.6f}" for p in probs[i])])
 
 
+def log_curve(live: Live, kind: str, truth, scores, name: str, label: str, **options) -> None:
+    """dvclive's `kind` curve (roc, precision_recall, calibration) at plots/sklearn/`name`, every row
+    carrying `class` = `label`, which the curve templates write on the chart (one chart per file)."""
+    live.log_sklearn_plot(kind, truth, scores, name=name, **options)
+    path = Path(live.plots_dir) / "sklearn" / name
+    rows = json.loads(path.read_text())
+    for row in rows[kind]:
+        row["class"] = label
+    write_text(path, json.dumps(rows, indent=4))
+
+
 def _log_plots(live: Live, test: SplitStore, probs, preds, classes, screened: list[int], bins: int) -> None:
     names = np.asarray(classes)
     for i in screened:
         truth, scores, decided = _class_view(test.labels, probs, preds, i, test.multilabel)
         if truth.all() or not truth.any():
             continue  # one class only: no curve
-        cls = classes[i]
-        live.log_sklearn_plot("roc", truth.astype(int), scores, name=f"roc/{cls}.json")
-        live.log_sklearn_plot("precision_recall", truth.astype(int), scores, name=f"precision_recall/{cls}.json")
-        live.log_sklearn_plot("calibration", truth.astype(int), scores, name=f"calibration/{cls}.json", n_bins=bins)
-        if test.multilabel:  # no single N x N matrix: one 2 x 2 per class
-            live.log_sklearn_plot(
-                "confusion_matrix",
-                np.where(truth, cls, f"not {cls}").tolist(),
-                np.where(decided, cls, f"not {cls}").tolist(),
-                name=f"confusion/{cls}.json",
-            )
+        cls, truth = classes[i], truth.astype(int)
+        log_curve(live, "roc", truth, scores, f"roc/{cls}.json", cls)
+        log_curve(live, "precision_recall", truth, scores, f"precision_recall/{cls}.json", cls)
+        log_curve(live, "calibration", truth, scores, f"calibration/{cls}.json", cls, n_bins=bins)
+        live.log_sklearn_plot(  # every task: the class against the rest at its threshold (multi-label: the only one)
+            "confusion_matrix",
+            np.where(truth, cls, f"not {cls}").tolist(),
+            np.where(decided, cls, f"not {cls}").tolist(),
+            name=f"confusion/{cls}.json",
+        )
     if not test.multilabel:
         live.log_sklearn_plot("confusion_matrix", names[test.labels].tolist(), names[preds].tolist())
 

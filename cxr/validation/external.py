@@ -17,6 +17,7 @@ from dvclive import Live
 from cxr.data.splits import SPLITS, DatasetError, scan_split
 from cxr.data.verify import read_file
 from cxr.evaluate.predict import decode_all
+from cxr.evaluate.run import log_curve
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.model.decisions import screened_classes
 from cxr.model.inference import Runtime, predict_probabilities
@@ -101,7 +102,8 @@ def score_set(name: str, folder: Path, model, spec, thresholds, tta: str, traini
     for i in screened_classes(spec.classes, spec.multilabel):
         truth = labels[:, i] > 0 if spec.multilabel else labels == i
         if 0 < truth.sum() < len(truth):
-            live.log_sklearn_plot("roc", truth.astype(int), probs[:, i], name=f"roc/{name}/{spec.classes[i]}.json")
+            cls = spec.classes[i]
+            log_curve(live, "roc", truth.astype(int), probs[:, i], f"roc/{name}/{cls}.json", f"{name}: {cls}")
     scores.update({"folder": str(folder), "leaks_excluded": int(sum(leak)), "unreadable": len(problems)})
     return scores
 
@@ -125,8 +127,12 @@ def validate_externally(params, model_path: Path, metrics: Path, raw_dir: Path, 
             for name, folder in sets.items():
                 results[name] = score_set(name, Path(folder), model, spec, thresholds, tta, training, live)
         (Path(live_dir) / "metrics.json").unlink(missing_ok=True)
-    else:  # the stage's output folder exists either way
+    else:  # the stage's output folder exists either way, its plot folders hold an empty valid file
         Path(live_dir).mkdir(parents=True, exist_ok=True)
         (Path(live_dir) / "README").write_text("evaluate.external is empty: no external sets were scored\n")
+        for kind in ("confusion", "roc"):  # so `dvc plots show` has nothing to draw, and says nothing
+            empty = Path(live_dir) / "plots" / "sklearn" / kind / "no_external_sets.json"
+            empty.parent.mkdir(parents=True, exist_ok=True)
+            empty.write_text("[]\n")
     write_json(out, results)
     return results

@@ -106,3 +106,69 @@ def test_same_weights_give_byte_identical_checkpoints(tmp_path):
     save_checkpoint(tmp_path / "one.pt", model, spec, epoch=1)
     save_checkpoint(tmp_path / "two.pt", model, spec, epoch=1)
     assert (tmp_path / "one.pt").read_bytes() == (tmp_path / "two.pt").read_bytes()
+
+
+def test_a_failed_stage_under_dvc_says_how_to_restore_what_dvc_removed(tmp_path, monkeypatch, capsys):
+    """Issue 13, item 8: DVC deletes models/model.pt before train runs; a failed run names it and the
+    `dvc checkout` that restores it, and says nothing of the kind outside DVC or when nothing is missing."""
+    from cxr.errors import PipelineError
+    from cxr.stage import stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  train:\n    cmd: x\n    outs:\n      - models/model.pt\n      - models/last.pt:\n"
+        "          persist: true\n    metrics:\n      - metrics/summary/train.json:\n          cache: false\n"
+    )
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/last.pt").write_bytes(b"state")
+
+    @stage("train")
+    def failing() -> None:
+        raise PipelineError("train.lr: must be > 0")
+
+    monkeypatch.setenv("DVC_STAGE", "train")
+    with pytest.raises(SystemExit) as exit_info:
+        failing()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "train: train.lr: must be > 0" in err
+    assert "DVC removed models/model.pt, metrics/summary/train.json" in err
+    assert "`dvc checkout models/model.pt metrics/summary/train.json`" in err
+
+    monkeypatch.delenv("DVC_STAGE")
+    with pytest.raises(SystemExit):
+        failing()
+    assert "dvc checkout" not in capsys.readouterr().err
+
+    @stage("train")
+    def crashing() -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setenv("DVC_STAGE", "train")
+    with pytest.raises(RuntimeError):
+        crashing()
+    assert "dvc checkout models/model.pt" in capsys.readouterr().err
+
+
+def test_progress_bars_only_on_a_terminal_unless_forced(monkeypatch):
+    """Issue 13, item 8: `dvc queue logs` and CI logs get no tqdm redraws; CXR_PROGRESS forces either way."""
+    import io
+    import sys
+
+    from cxr.progress import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("CXR_PROGRESS", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert progress(range(3)).disable
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert not progress(range(3)).disable
+    assert progress(range(3), disable=True).disable  # a caller's own reason (not the main process) stays
+    monkeypatch.setenv("CXR_PROGRESS", "0")
+    assert progress(range(3)).disable
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setenv("CXR_PROGRESS", "1")
+    assert not progress(range(3)).disable

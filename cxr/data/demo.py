@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from cxr.config import TASK_CLASSES, DataConfig
 from cxr.data.phantoms import render_phantom
 from cxr.data.splits import SPLITS
+from cxr.progress import progress
 
 # multilabel demo: every 4th covid image also shows a pneumonia consolidation and is filed
 # under both class folders (same file name), so images with two labels exist in every split
@@ -60,8 +60,8 @@ def write_demo_dataset(
         else:
             pixels = map(_render, renders)
         rows = zip(jobs, renders, pixels, strict=True)
-        progress = tqdm(rows, total=len(jobs), desc="demo phantoms", unit="img", mininterval=1)
-        for (split, cls, i), (labels, *_), array in progress:
+        bar = progress(rows, total=len(jobs), desc="demo phantoms", unit="img", mininterval=1)
+        for (split, cls, i), (labels, *_), array in bar:
             image = Image.fromarray(array, mode="L")
             for label in labels:
                 image.save(out_dir / split / label / f"{cls}_{i:05d}.png")

@@ -10,11 +10,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from cxr.atomic import write_json
 from cxr.checksums import sha256_of
 from cxr.errors import PipelineError
+from cxr.progress import progress
 
 TRANSFER_BLOCK = 1 << 20  # bytes read from the connection at a time
 
@@ -72,7 +71,7 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
         expected = have + int(length) if length is not None else None
         with (
             part.open("ab" if have else "wb") as out,
-            tqdm(total=expected, initial=have, unit="B", unit_scale=True, desc=f"download {Path(url).name}") as bar,
+            progress(total=expected, initial=have, unit="B", unit_scale=True, desc=f"download {Path(url).name}") as bar,
         ):
             for block in iter(lambda: response.read(TRANSFER_BLOCK), b""):
                 out.write(block)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from cxr.atomic import atomic_dir
 from cxr.data.images import DEFAULT_MAX_PIXELS, open_gray
 from cxr.data.splits import SPLITS, DatasetError, scan_split
+from cxr.progress import progress
 
 STORE_FORMAT = 2
 INDEX = "index.json"
@@ -53,7 +53,7 @@ def _write_rows(path: Path, n: int, shape: tuple[int, int, int], rows: Iterable[
     written = 0
     with path.open("wb") as out:
         np.lib.format.write_array_header_1_0(out, header)
-        for row in tqdm(rows, total=n, desc=desc, unit="img", mininterval=1.0):
+        for row in progress(rows, total=n, desc=desc, unit="img", mininterval=1.0):
             out.write(row)
             written += 1
     if written != n:

@@ -27,6 +27,7 @@ from cxr.model.checkpoint import load_checkpoint
 from cxr.model.decisions import label_name, screened_classes, thresholded
 from cxr.model.inference import Runtime, predict_probabilities
 from cxr.model.spec import ModelSpec
+from cxr.progress import steps
 
 
 def _class_view(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, i: int, multilabel: bool):
@@ -159,7 +160,7 @@ def evaluate(
 ) -> dict:
     """Score `model_path` on test; returns (and writes) the metrics. With `submission_path`, also
     predict data/raw/unlabeled (a hand-in set) into that CSV."""
-    cfg = params.evaluate
+    cfg, say = params.evaluate, steps("evaluate")
     runtime = Runtime.select()
     model, spec, checkpoint = load_checkpoint(model_path)
     runtime.prepare_model(model)
@@ -171,7 +172,9 @@ def evaluate(
         probs = predict_probabilities(model, split, cfg.batch_size, runtime, spec.probabilities, cfg.tta)
         return probs.numpy().astype(np.float64)  # JSON-friendly floats
 
+    say(f"{len(val)} validation and {len(test)} test images through the model (tta: {cfg.tta})")
     val_probs, probs = probs_of(val), probs_of(test)
+    say(f"scores and intervals ({cfg.bootstrap} bootstrap resamples for F1 and AUCs), Grad-CAM attribution")
     rule = ThresholdRule(cfg.threshold)
     preds, thresholds = operating_points(spec.classes, spec.multilabel, val.labels, val_probs, probs, rule)
     if spec.multilabel:
@@ -192,7 +195,7 @@ def evaluate(
         )
     write_json(metrics_path, scores)
     write_predictions(predictions_path, test, probs, preds, spec.classes)
-
+    say(f"plots and galleries ({cfg.grid_images} images per grid)")
     with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         _log_plots(live, test, probs, preds, spec.classes, screened, cfg.calibration_bins)
         if cfg.grid_images:
@@ -200,8 +203,8 @@ def evaluate(
             live.log_image("predictions.png", grid)
             if cams is not None:
                 live.log_image("gradcam.png", cams)
-    # dvclive always writes a summary file; the test scores have their own
-    (Path(live_dir) / "metrics.json").unlink(missing_ok=True)
+    (Path(live_dir) / "metrics.json").unlink(missing_ok=True)  # dvclive's summary; the scores have their own
+    say("done")
     return scores
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
-from tqdm import tqdm
 
 from cxr.errors import PipelineError
 from cxr.model.inference import Runtime, batches, predict_logits, prefetched
 from cxr.model.networks import train_mode
+from cxr.progress import progress
 from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed, Rows
 
@@ -131,8 +131,8 @@ def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generat
     order = [dist.share(b) for b in batches(len(labels), batch_size, generator) if len(b) >= 2 * dist.world]
     loader = prefetched(inputs, order, pin=runtime.device.type == "cuda")
     quiet = not dist.is_main
-    progress = tqdm(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)
-    for batch, (idx, cpu_batch) in enumerate(progress, start=1):
+    bar = progress(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)
+    for batch, (idx, cpu_batch) in enumerate(bar, start=1):
         y = labels[idx].to(runtime.device, non_blocking=True)
         try:
             loss, logits = _step(fit, fit.prepare(cpu_batch), y)

@@ -29,6 +29,7 @@ from cxr.model.losses import balanced_class_weights, make_loss
 from cxr.model.networks import head_name
 from cxr.model.spec import ModelSpec, initial_model
 from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LIVE_DIR
+from cxr.progress import progress
 from cxr.train.augment import augment_batch, is_active
 from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed
@@ -282,7 +283,7 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
     with _open_log(run, live_dir, start) as live:
         live.step = start  # dvclive's own resume skips step 0; the checkpoint knows the truth
         live.log_metric("trainable_params", run.trainable, plot=False)
-        for epoch in tqdm(range(start, params.train.epochs), desc="epochs", unit="epoch", initial=start,
+        for epoch in progress(range(start, params.train.epochs), desc="epochs", unit="epoch", initial=start,
                           total=params.train.epochs, disable=not dist.is_main):  # fmt: skip
             lr, fit, val = one_epoch(run, epoch)
             refuse_non_finite(val, epoch, lr)

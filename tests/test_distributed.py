@@ -68,4 +68,8 @@ def test_two_processes_reach_the_metrics_of_one(tmp_path, freeze):
         assert all(abs(a - b) <= 0.15 * a for a, b in zip(*losses, strict=True)), losses
     # one set of dvclive files: each epoch logged once
     assert (work / "metrics/train/plots/metrics/train/loss.tsv").read_text().count("\n") == 1 + 3
-    assert sorted(p.name for p in (work / "metrics").iterdir()) == ["train"]
+    assert sorted(p.name for p in (work / "metrics").iterdir()) == ["summary", "train"]
+    compared = json.loads((work / "metrics/summary/train.json").read_text())  # written once, by the first process
+    assert compared["best_epoch"] == summary["best"]["epoch"] and compared["val_f1"] == round(
+        summary["best"]["val_f1"], 4
+    )

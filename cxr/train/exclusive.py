@@ -46,13 +46,13 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def launcher_pid(under_dvc: bool | None = None) -> int | None:
+def launcher_pid() -> int | None:
     """The process whose death should end this one: under `dvc repro`/`dvc exp run` (DVC_STAGE is
     set) the nearest ancestor that is not a shell, i.e. dvc itself even when dvc ran the stage through
     `sh -c` (dash keeps the shell alive as the parent); otherwise the parent unless it is a shell
     (torchrun, the stage that relaunched itself), so `nohup python -m stages.train &` from a terminal
     survives the terminal."""
-    under_dvc = "DVC_STAGE" in os.environ if under_dvc is None else under_dvc
+    under_dvc = "DVC_STAGE" in os.environ
     pid = os.getppid()
     for _ in range(8):
         if pid <= 1:

@@ -249,7 +249,11 @@ def test_a_trainer_started_through_sh_dies_with_dvc_not_with_a_terminal(tmp_path
     out = tmp_path / "out.txt"
     with out.open("w") as sink:  # "dvc": a python process running sh -c "python -c SLEEPER; true"
         dvc = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, sys.executable, _SLEEPER], cwd=REPO_ROOT, env=env, stdout=sink
+            [sys.executable, "-c", _LAUNCHER, sys.executable, _SLEEPER],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.DEVNULL,
         )
     deadline = time.monotonic() + 60
     while not out.read_text().strip():

@@ -46,11 +46,15 @@ def class_summary(report: dict) -> dict:
     return out
 
 
-def test_summary(scores: dict) -> dict:
-    """evaluate: accuracy (subset accuracy for multi-label), macro F1, and per class the screening
-    figures with intervals."""
+def headline(scores: dict) -> dict:
+    """Accuracy (subset accuracy for multi-label) and macro F1 of one scored set."""
     key = "subset_accuracy" if "subset_accuracy" in scores else "accuracy"
-    out = {key: _rounded(scores[key]), "f1_macro": _rounded(scores["f1_macro"])}
+    return {key: _rounded(scores[key]), "f1_macro": _rounded(scores["f1_macro"])}
+
+
+def test_summary(scores: dict) -> dict:
+    """evaluate: the headline, and per class the screening figures with intervals."""
+    out = headline(scores)
     out.update({cls: class_summary(report) for cls, report in scores["screening"].items()})
     return out
 
@@ -62,11 +66,7 @@ def export_summary(detail: dict) -> dict:
 
 def external_summary(results: dict) -> dict:
     """external: accuracy and macro F1 per external set."""
-    out = {}
-    for name, scores in results.items():
-        key = "subset_accuracy" if "subset_accuracy" in scores else "accuracy"
-        out[name] = {key: _rounded(scores[key]), "f1_macro": _rounded(scores["f1_macro"])}
-    return out
+    return {name: headline(scores) for name, scores in results.items()}
 
 
 def cv_summary(result: dict) -> dict:

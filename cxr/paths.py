@@ -17,6 +17,7 @@ DECODED_DIR = Path("data/decoded")  # every split decoded once at train.image_si
 EXTERNAL_METRICS = Path("metrics/external.json")  # per external set: scores and excluded leaks
 EXTERNAL_LIVE_DIR = Path("metrics/external")  # their confusion matrices and ROC curves
 CV_DIR = Path("models/cv")  # per fold: decoded store, checkpoint, curves and test scores
+CV_KEPT_DIR = Path("models/.cv.kept")  # finished folds, outside DVC's outs: train.resume reuses them
 CV_METRICS = Path("metrics/cv.json")  # mean, std and each fold's scores
 CV_FOLDS_PLOT = Path("metrics/cv/folds.json")  # one row per fold, drawn by `dvc plots show`
 FEATURES_DIR = Path("data/features")  # frozen-backbone features of train and val (cxr/train/features.py)

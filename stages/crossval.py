@@ -6,7 +6,7 @@ import shutil
 
 from cxr.atomic import write_json
 from cxr.config import load_params
-from cxr.paths import CV_DIR, CV_FOLDS_PLOT, CV_METRICS, CV_SUMMARY, DECODED_DIR, RAW_DIR
+from cxr.paths import CV_DIR, CV_FOLDS_PLOT, CV_KEPT_DIR, CV_METRICS, CV_SUMMARY, DECODED_DIR, RAW_DIR
 from cxr.stage import stage
 from cxr.summaries import cv_summary
 from cxr.validation.crossval import FOLD_METRICS, cross_validate
@@ -17,7 +17,7 @@ def main() -> None:
     params = load_params()
     shutil.rmtree(CV_DIR, ignore_errors=True)
     CV_DIR.mkdir(parents=True)
-    result = cross_validate(params, RAW_DIR, DECODED_DIR, CV_DIR, CV_METRICS)
+    result = cross_validate(params, RAW_DIR, DECODED_DIR, CV_DIR, CV_METRICS, CV_KEPT_DIR)
     write_json(CV_SUMMARY, cv_summary(result))
     write_json(
         CV_FOLDS_PLOT, [{"fold": f"fold {f['fold'] + 1}", **{k: f[k] for k in FOLD_METRICS}} for f in result["folds"]]

@@ -4,6 +4,7 @@ images and stratified by class; each fold trains and evaluates with the pipeline
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from cxr.data.splits import SPLITS, file_metadata
 from cxr.data.store import SplitStore, write_store
 from cxr.evaluate.run import evaluate
 from cxr.train.features import cache_features
-from cxr.train.run import train
+from cxr.train.run import run_signature, train
+from cxr.validation.kept_folds import KeptFolds, code_digest, tree_digest
 
 FOLD_METRICS = ("accuracy", "f1_macro")
 CLASS_METRICS = ("sensitivity", "specificity")
@@ -86,8 +88,34 @@ def aggregate(folds: list[dict]) -> dict:
     return out
 
 
-def cross_validate(params: Params, raw_dir: Path, store_dir: Path, work_dir: Path, metrics_path: Path) -> dict:
-    """Train and evaluate once per fold under `work_dir/fold{i}`; write and return metrics/cv.json."""
+def fold_signature(params: Params, classes: tuple[str, ...], fold: int, decoded: Path, code: str) -> dict:
+    """Everything that makes fold `fold`'s result: the params that change one, its images, the code."""
+    return {
+        "run": run_signature(params, classes),
+        "evaluate": params.evaluate.model_dump(mode="json"),
+        "folds": params.data.folds,
+        "fold": fold,
+        "images": tree_digest(decoded),
+        "code": code,
+    }
+
+
+def run_fold(params: Params, where: Path, raw_dir: Path) -> dict:
+    """Train and evaluate one fold from its decoded store; its test scores."""
+    cache_features(params, where / "decoded", where / "features")
+    train(params, where / "decoded", where / "model.pt", where / "last.pt", where / "live", where / "features")
+    return evaluate(
+        params, where / "model.pt", where / "decoded", raw_dir, where / "test.json", where / "predictions.csv",
+        where / "eval",
+    )  # fmt: skip
+
+
+def cross_validate(
+    params: Params, raw_dir: Path, store_dir: Path, work_dir: Path, metrics_path: Path, kept_dir: Path | None = None
+) -> dict:
+    """Train and evaluate once per fold under `work_dir/fold{i}`; write and return metrics/cv.json.
+    Each finished fold is kept in `kept_dir`; with train.resume, a kept fold made under the same
+    signature is reused instead of trained again."""
     k = params.data.folds
     if k == 0:
         result = {"k": 0, "folds": []}
@@ -97,17 +125,20 @@ def cross_validate(params: Params, raw_dir: Path, store_dir: Path, work_dir: Pat
     fold_of = folds_of(pool, raw_dir, k, params.seed, params.verify.near_duplicate_bits)
     quiet = params.evaluate.model_copy(update={"bootstrap": 0, "grid_images": 0})  # the spread is over folds
     fold_params = params.model_copy(update={"evaluate": quiet})
+    kept, code = (KeptFolds(kept_dir), code_digest()) if kept_dir else (None, "")
     folds = []
     for fold in range(k):
         where = work_dir / f"fold{fold}"
         sizes = write_fold_store(pool, fold_of, fold, k, where / "decoded")
         print(f"crossval: fold {fold + 1}/{k}: " + ", ".join(f"{n} {c}" for n, c in sizes.items()))
-        cache_features(fold_params, where / "decoded", where / "features")
-        train(fold_params, where / "decoded", where / "model.pt", where / "last.pt", where / "live", where / "features")
-        scores = evaluate(
-            fold_params, where / "model.pt", where / "decoded", raw_dir, where / "test.json", where / "predictions.csv",
-            where / "eval",
-        )  # fmt: skip
+        signature = fold_signature(fold_params, pool.classes, fold, where / "decoded", code) if kept else {}
+        if kept and params.train.resume and kept.restore(fold, where, signature):
+            print(f"crossval: fold {fold + 1}/{k}: kept from an earlier run with the same params, images and code")
+            scores = json.loads((where / "test.json").read_text())
+        else:
+            scores = run_fold(fold_params, where, raw_dir)
+            if kept:
+                kept.keep(fold, where, signature)
         folds.append({"fold": fold, **fold_summary(scores)})
     result = aggregate(folds)
     write_json(metrics_path, result)

@@ -1,0 +1,80 @@
+"""Finished cross-validation folds kept outside DVC's outputs, so that a k-fold run killed in fold 4
+resumes at fold 4 (`train.resume: true`) instead of training folds 1-3 again: DVC deletes
+models/cv before the stage reruns, but not this git-ignored folder of hard links.
+
+A kept fold is reused only when everything that made it is the same: its signature holds the
+params that change a result, the fold's decoded images (so the data and the fold assignment) and
+the code of the `cxr` package."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from cxr.atomic import write_json
+
+SIGNATURE = "signature.json"
+CODE_ROOT = Path(__file__).resolve().parents[1]  # the cxr package
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over the relative names and bytes of every file under `root`, in a fixed order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 of the cxr package's Python sources: any code change makes kept folds stale."""
+    digest = hashlib.sha256()
+    for path in sorted(CODE_ROOT.rglob("*.py")):
+        digest.update(path.relative_to(CODE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _link_tree(source: Path, target: Path, skip: frozenset[str] = frozenset()) -> None:
+    """Hard-link every file of `source` into `target` (copies where links cannot be made)."""
+    for path in sorted(source.rglob("*")):
+        if path.relative_to(source).parts[0] in skip or not path.is_file():
+            continue
+        dest = target / path.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copy2(path, dest)
+
+
+class KeptFolds:
+    """`kept_dir/fold{i}`: the files of a finished fold (not its decoded store, rewritten each run)
+    and the signature they were made under."""
+
+    def __init__(self, kept_dir: Path, decoded: str = "decoded"):
+        self.kept_dir, self.decoded = kept_dir, decoded
+
+    def restore(self, fold: int, where: Path, signature: dict) -> bool:
+        """Link fold `fold`'s kept files into `where` if they were made under `signature`."""
+        kept = self.kept_dir / f"fold{fold}"
+        try:
+            if json.loads((kept / SIGNATURE).read_text()) != signature:
+                return False
+        except (OSError, ValueError):
+            return False
+        _link_tree(kept, where, skip=frozenset({SIGNATURE}))
+        return True
+
+    def keep(self, fold: int, where: Path, signature: dict) -> None:
+        """Keep a finished fold: its files first, the signature last (a fold killed mid-keep is not reused)."""
+        kept = self.kept_dir / f"fold{fold}"
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.mkdir(parents=True)
+        _link_tree(where, kept, skip=frozenset({self.decoded}))
+        write_json(kept / SIGNATURE, signature)

@@ -1,0 +1,104 @@
+"""Cross-validation resumes at the fold a killed run was in, and never reuses a fold made differently."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import cxr.validation.crossval as crossval
+from cxr.config import parse_params
+from stages.decode import decode
+from tests.conftest import tiny_params_dict
+
+
+REAL_RUN_FOLD = crossval.run_fold
+
+
+class Killed(Exception):
+    pass
+
+
+def _params(**train):
+    raw = tiny_params_dict(**train)
+    raw["data"]["folds"] = 3
+    return parse_params(raw)
+
+
+def _counting_folds(monkeypatch, die_at: int | None = None) -> list[int]:
+    """Record which folds train; raise Killed when the `die_at`-th fold (0-based call count) starts."""
+    calls: list[int] = []
+
+    def run_fold(params, where, raw_dir):
+        if die_at is not None and len(calls) == die_at:
+            raise Killed(where.name)
+        calls.append(int(where.name.removeprefix("fold")))
+        return REAL_RUN_FOLD(params, where, raw_dir)
+
+    monkeypatch.setattr(crossval, "run_fold", run_fold)
+    return calls
+
+
+@pytest.fixture
+def store(demo_root, tmp_path):
+    decoded = tmp_path / "decoded"
+    decode(_params(), demo_root, decoded, tmp_path / "no-data.json")
+    return decoded
+
+
+def test_a_killed_cross_validation_resumes_at_its_fold_with_the_same_result(demo_root, store, tmp_path, monkeypatch):
+    def cv(params, name, kept):
+        return crossval.cross_validate(params, demo_root, store, tmp_path / name, tmp_path / f"{name}.json", kept)
+
+    clean = cv(_params(), "clean", None)  # every fold trained, nothing kept
+    kept = tmp_path / "kept"
+    calls = _counting_folds(monkeypatch, die_at=2)
+    with pytest.raises(Killed):
+        cv(_params(), "killed", kept)  # folds 0 and 1 finish, fold 2 dies
+    assert calls == [0, 1] and sorted(p.name for p in kept.iterdir()) == ["fold0", "fold1"]
+
+    calls = _counting_folds(monkeypatch)
+    resumed = cv(_params(resume=True), "resumed", kept)
+    assert calls == [2], "only the fold the killed run did not finish trains again"
+    assert resumed == clean
+    assert json.loads((tmp_path / "resumed.json").read_text()) == clean
+    for fold in range(3):  # the fold's files are back where the stage's outs expect them
+        assert (tmp_path / f"resumed/fold{fold}/model.pt").is_file()
+        assert (tmp_path / f"resumed/fold{fold}/test.json").is_file()
+
+    calls = _counting_folds(monkeypatch)
+    cv(_params(), "no_resume", kept)  # without train.resume every fold trains
+    assert calls == [0, 1, 2]
+
+
+@pytest.mark.parametrize("change", ["lr", "evaluate", "code", "images"])
+def test_a_kept_fold_made_differently_is_trained_again(demo_root, store, tmp_path, monkeypatch, change):
+    kept = tmp_path / "kept"
+    _counting_folds(monkeypatch, die_at=1)
+    with pytest.raises(Killed):
+        crossval.cross_validate(_params(), demo_root, store, tmp_path / "first", tmp_path / "a.json", kept)
+    assert (kept / "fold0/signature.json").is_file()
+
+    params = _params(resume=True, lr=0.002 if change == "lr" else 0.01)
+    if change == "evaluate":
+        params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"tta": "hflip"})})
+    if change == "code":
+        monkeypatch.setattr(crossval, "code_digest", lambda: "another version of the code")
+    if change == "images":  # e.g. data/raw changed under the same params
+        monkeypatch.setattr(crossval, "tree_digest", lambda root: "other images")
+    calls = _counting_folds(monkeypatch, die_at=0)
+    with pytest.raises(Killed, match="fold0"):
+        crossval.cross_validate(params, demo_root, store, tmp_path / "second", tmp_path / "b.json", kept)
+    assert calls == []
+
+
+def test_a_fold_killed_while_being_kept_is_not_reused(demo_root, store, tmp_path, monkeypatch):
+    kept = tmp_path / "kept"
+    _counting_folds(monkeypatch, die_at=1)
+    with pytest.raises(Killed):
+        crossval.cross_validate(_params(), demo_root, store, tmp_path / "first", tmp_path / "a.json", kept)
+    (kept / "fold0/signature.json").unlink()  # what a kill between the files and the signature leaves
+    calls = _counting_folds(monkeypatch, die_at=0)
+    with pytest.raises(Killed, match="fold0"):
+        crossval.cross_validate(_params(resume=True), demo_root, store, tmp_path / "b", tmp_path / "b.json", kept)
+    assert calls == []

@@ -11,7 +11,6 @@ from cxr.config import parse_params
 from stages.decode import decode
 from tests.conftest import tiny_params_dict
 
-
 REAL_RUN_FOLD = crossval.run_fold
 
 

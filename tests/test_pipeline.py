@@ -174,6 +174,12 @@ def test_five_fold_cross_validation_runs_through_dvc(repo):
         ]
         assert len(tested) == len(set(tested)) == 48
         assert len(json.loads((repo / "metrics/cv/folds.json").read_text())) == 5
+        # DVC deletes models/cv before a rerun; with train.resume the kept folds come back untrained
+        set_param(repo, "train", "resume", True)
+        _, forced = dvc(repo, "repro", "-f", "crossval")
+        assert forced.count("kept from an earlier run") == 5 and "train: resnet18" not in forced, forced
+        assert json.loads((repo / "metrics/cv.json").read_text()) == cv
+        assert [json.loads((repo / f"models/cv/fold{i}/test.json").read_text()) for i in range(5)] == per_fold
     finally:
         run(repo, "git", "checkout", "--", "params.yaml")
         dvc(repo, "repro")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from cxr.atomic import atomic_path
+from cxr.atomic import atomic_path, link_or_copy
 from cxr.errors import PipelineError
 from cxr.model.spec import ModelSpec
 
@@ -100,12 +98,7 @@ def shadow_of(path: Path | str) -> Path:
 
 
 def link_shadow(path: Path | str) -> None:
-    shadow = shadow_of(path)
-    shadow.unlink(missing_ok=True)
-    try:
-        os.link(path, shadow)
-    except OSError:  # no hard links on this file system: a copy
-        shutil.copyfile(path, shadow)
+    link_or_copy(path, shadow_of(path))
 
 
 def newest_state(path: Path | str, signature: dict) -> tuple[Path, dict]:

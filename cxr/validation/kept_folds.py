@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
-from cxr.atomic import write_json
+from cxr.atomic import link_or_copy, write_json
+from cxr.checksums import sha256_of
 
 SIGNATURE = "signature.json"
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the cxr package
@@ -24,10 +24,7 @@ def tree_digest(root: Path) -> str:
     """sha256 over the relative names and bytes of every file under `root`, in a fixed order."""
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_of(path)}\n".encode())
     return digest.hexdigest()
 
 
@@ -40,17 +37,13 @@ def code_digest() -> str:
 
 
 def _link_tree(source: Path, target: Path, skip: frozenset[str] = frozenset()) -> None:
-    """Hard-link every file of `source` into `target` (copies where links cannot be made)."""
+    """Link every file of `source` into `target` (cxr.atomic.link_or_copy)."""
     for path in sorted(source.rglob("*")):
         if path.relative_to(source).parts[0] in skip or not path.is_file():
             continue
         dest = target / path.relative_to(source)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.unlink(missing_ok=True)
-        try:
-            os.link(path, dest)
-        except OSError:
-            shutil.copy2(path, dest)
+        link_or_copy(path, dest)
 
 
 class KeptFolds:

@@ -20,20 +20,17 @@ SIGNATURE = "signature.json"
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the cxr package
 
 
-def tree_digest(root: Path) -> str:
-    """sha256 over the relative names and bytes of every file under `root`, in a fixed order."""
+def tree_digest(root: Path, pattern: str = "*") -> str:
+    """sha256 over the relative names and bytes of the files under `root` matching `pattern`, in a fixed order."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob(pattern) if p.is_file()):
         digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_of(path)}\n".encode())
     return digest.hexdigest()
 
 
 def code_digest() -> str:
-    """sha256 of the cxr package's Python sources: any code change makes kept folds stale."""
-    digest = hashlib.sha256()
-    for path in sorted(CODE_ROOT.rglob("*.py")):
-        digest.update(path.relative_to(CODE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+    """Digest of the cxr package's Python sources: any code change makes kept folds stale."""
+    return tree_digest(CODE_ROOT, "*.py")
 
 
 def _link_tree(source: Path, target: Path, skip: frozenset[str] = frozenset()) -> None:
@@ -50,8 +47,10 @@ class KeptFolds:
     """`kept_dir/fold{i}`: the files of a finished fold (not its decoded store, rewritten each run)
     and the signature they were made under."""
 
-    def __init__(self, kept_dir: Path, decoded: str = "decoded"):
-        self.kept_dir, self.decoded = kept_dir, decoded
+    DECODED = "decoded"  # the fold's decoded store, which cross_validate rewrites before restoring
+
+    def __init__(self, kept_dir: Path):
+        self.kept_dir = kept_dir
 
     def restore(self, fold: int, where: Path, signature: dict) -> bool:
         """Link fold `fold`'s kept files into `where` if they were made under `signature`."""
@@ -69,5 +68,5 @@ class KeptFolds:
         kept = self.kept_dir / f"fold{fold}"
         shutil.rmtree(kept, ignore_errors=True)
         kept.mkdir(parents=True)
-        _link_tree(where, kept, skip=frozenset({self.decoded}))
+        _link_tree(where, kept, skip=frozenset({self.DECODED}))
         write_json(kept / SIGNATURE, signature)

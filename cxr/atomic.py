@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -13,10 +14,15 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success rename it over `target`."""
+    """Yield a temporary path beside `target`; on success rename it over `target`.
+
+    The temporary name carries this process's pid (git-ignored as `.*.pid*.tmp`), so what a killed
+    writer left is recognised and removed by the next write of `target`.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale(target.parent, target.name)
+    fd, tmp = tempfile.mkstemp(prefix=scratch_prefix(target.name), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -50,11 +56,12 @@ def scratch_prefix(name: str) -> str:
     return f".{name}.pid{os.getpid()}."
 
 
-def remove_stale(parent: Path | str) -> list[Path]:
-    """Remove temporary folders and files in `parent` whose owning process has died (a killed
-    stage); return what was removed. Those of living processes are left alone."""
+def remove_stale(parent: Path | str, name: str | None = None) -> list[Path]:
+    """Remove temporary folders and files in `parent` (of the file or folder `name`; any by default)
+    whose owning process has died (a killed stage); return what was removed. Those of living
+    processes are left alone."""
     removed = []
-    for entry in Path(parent).glob(".*.pid*.*"):
+    for entry in Path(parent).glob(f".{'*' if name is None else glob.escape(name)}.pid*.*"):
         pid = entry.name.split(".pid", 1)[1].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
@@ -89,8 +96,9 @@ def link_or_copy(source: Path | str, target: Path | str) -> None:
     """A second name for `source` at `target` (replaced if present): a hard link, which costs no disk
     and survives DVC deleting the first name; a copy on a file system without hard links. Safe because
     every writer here replaces files by rename, never in place."""
-    Path(target).unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    with atomic_path(target) as tmp:  # never a moment without `target`: a kill leaves the old one
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)

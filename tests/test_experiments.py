@@ -250,5 +250,6 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, demo_root, monkeypat
 
 def test_resume_refuses_a_checkpoint_from_other_params(tmp_path, demo_root, monkeypatch):
     _run(tmp_path, demo_root, monkeypatch, "run", epochs=1)
-    with pytest.raises(trainer_module.ResumeError, match=r"different train.epochs, train.lr"):
+    refused = r"last.pt \(after epoch 1\) differs in train.epochs 1 -> 2, train.lr \S+ -> 0.05"
+    with pytest.raises(trainer_module.ResumeError, match=refused):
         _run(tmp_path, demo_root, monkeypatch, "run", epochs=2, lr=0.05, resume=True)

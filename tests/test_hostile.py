@@ -191,6 +191,52 @@ def test_what_a_killed_extraction_left_is_removed_and_ignored_by_git(tmp_path):
     assert ignored.returncode == 0
 
 
+def test_a_killed_checkpoint_write_is_ignored_by_git_and_removed_by_the_next_one(tmp_path):
+    """A trainer killed inside torch.save leaves a partial temp file (134 MB for VGG16's training
+    state); it is named by its dead owner, so git ignores it and the next save removes it."""
+    import subprocess
+    import sys
+
+    from cxr.atomic import atomic_path, write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    partial = tmp_path / f".last.pt.pid{int(dead.stdout)}.k3x.tmp"
+    partial.write_bytes(b"half a checkpoint")
+    other = tmp_path / f".model.pt.pid{int(dead.stdout)}.k3x.tmp"  # another file's: left to its own writer
+    other.write_bytes(b"half")
+    with atomic_path(tmp_path / "last.pt") as tmp:
+        assert tmp.name.startswith(f".last.pt.pid{os.getpid()}.")
+        tmp.write_bytes(b"state")
+    assert not partial.exists() and other.exists() and (tmp_path / "last.pt").read_bytes() == b"state"
+    write_text(tmp_path / "model.pt", "x")
+    assert not other.exists()
+    ignored = subprocess.run(["git", "check-ignore", "-q", "models/.last.pt.pid123.k3x.tmp"], cwd=REPO_ROOT)
+    assert ignored.returncode == 0
+
+
+def test_a_kill_while_relinking_the_shadow_leaves_the_old_shadow(tmp_path, monkeypatch):
+    """The training state's second name is replaced by rename: killed between the two steps, the
+    old name still holds the previous state (an unlink first would leave none to resume from)."""
+    from cxr.atomic import link_or_copy
+
+    (tmp_path / "last.pt").write_bytes(b"epoch 2")
+    link_or_copy(tmp_path / "last.pt", tmp_path / ".last.resume.pt")
+    (tmp_path / "new").write_bytes(b"epoch 3")
+    os.replace(tmp_path / "new", tmp_path / "last.pt")
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "link", killed)
+    with pytest.raises(KeyboardInterrupt):
+        link_or_copy(tmp_path / "last.pt", tmp_path / ".last.resume.pt")
+    assert (tmp_path / ".last.resume.pt").read_bytes() == b"epoch 2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".last.resume.pt", "last.pt"]
+    monkeypatch.undo()
+    link_or_copy(tmp_path / "last.pt", tmp_path / ".last.resume.pt")
+    assert (tmp_path / ".last.resume.pt").stat().st_ino == (tmp_path / "last.pt").stat().st_ino
+
+
 def test_binary_task_with_three_classes_is_refused(tmp_path):
     from cxr.data.demo import write_demo_dataset
     from stages.decode import decode

@@ -101,9 +101,17 @@ def link_shadow(path: Path | str) -> None:
     link_or_copy(path, shadow_of(path))
 
 
+def _differences(old: dict, new: dict) -> list[str]:
+    """The params in which two run signatures differ, as `key old -> new`."""
+    pairs = [(f"train.{k}", old["train"].get(k), v) for k, v in new["train"].items()]
+    pairs += [(k, old[k], new[k]) for k in ("seed", "task", "classes")]
+    return sorted(f"{key} {before!r} -> {after!r}" for key, before, after in pairs if before != after)
+
+
 def newest_state(path: Path | str, signature: dict) -> tuple[Path, dict]:
     """The training state to resume: of `path` and its shadow, the one written by a run with these
-    params (`signature`) that got furthest. Refuses, naming the keys that differ, when neither was."""
+    params (`signature`) that got furthest. Refuses, naming each state and the params that differ,
+    when neither was."""
     found = []
     for candidate in (Path(path), shadow_of(path)):
         if candidate.is_file():
@@ -111,7 +119,14 @@ def newest_state(path: Path | str, signature: dict) -> tuple[Path, dict]:
     matching = [(p, s) for p, s in found if s["signature"] == signature]
     if matching:
         return max(matching, key=lambda ps: ps[1]["epoch"])
-    return found[0]
+    seen = "; ".join(
+        f"{p} (after epoch {s['epoch']}) differs in {', '.join(_differences(s['signature'], signature))}"
+        for p, s in found
+    )
+    raise ResumeError(
+        f"train.resume: no training state was written by a run with these params: {seen}; "
+        "set train.resume: false to start afresh, or restore the params of the interrupted run"
+    )
 
 
 def restore_training_state(path: Path | str, run, signature: dict) -> tuple[int, dict]:
@@ -120,16 +135,6 @@ def restore_training_state(path: Path | str, run, signature: dict) -> tuple[int,
     params (`signature`), naming the keys that differ.
     """
     path, state = newest_state(path, signature)
-    if state["signature"] != signature:
-        old, new = state["signature"], signature
-        changed = sorted(
-            {f"train.{k}" for k in new["train"] if old["train"].get(k) != new["train"][k]}
-            | {k for k in ("seed", "task", "classes") if old[k] != new[k]}
-        )
-        raise ResumeError(
-            f"train.resume: {path} was written by a run with different {', '.join(changed)}; "
-            "set train.resume: false to start afresh, or restore the params of the interrupted run"
-        )
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])

@@ -23,6 +23,7 @@ from cxr.model.checkpoint import (
     restore_training_state,
     save_checkpoint,
     save_training_state,
+    shadow_of,
 )
 from cxr.model.inference import Runtime
 from cxr.model.losses import balanced_class_weights, make_loss
@@ -147,7 +148,7 @@ def restore(run: Run, last_path: Path) -> tuple[int, dict | None]:
     """(finished epochs, best scores) of an interrupted run when train.resume asks for it; else (0, None)."""
     if not run.params.train.resume:
         return 0, None
-    if not last_path.is_file():
+    if not last_path.is_file() and not shadow_of(last_path).is_file():
         run.say(f"train: train.resume is set but {last_path} does not exist; starting at epoch 1")
         return 0, None
     start, best = restore_training_state(last_path, run, run_signature(run.params, run.spec.classes))

@@ -8,76 +8,20 @@ package markers, and only while they are empty (an empty file can change no outp
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from scripts.sync_deps import ALLOWED_OUTSIDE_DEPS, imports_of, stage_code
 from tests.conftest import REPO
 
-PROJECT_PACKAGES = ("cxr", "stages")
-# Left out of deps on purpose: empty package markers run no code, so they can change no output.
-ALLOWED_OUTSIDE_DEPS = {"cxr/__init__.py", "cxr/data/__init__.py", "cxr/model/__init__.py", "cxr/train/__init__.py",
-                        "cxr/evaluate/__init__.py", "cxr/validation/__init__.py", "stages/__init__.py"}  # fmt: skip
 # The groups of cxr/, in the only order they may import each other: a group imports only groups
 # to its left (core = the modules directly in cxr/). train and evaluate do not import each other;
 # validation (cross-validation, external sets) composes both.
 GROUP_ORDER = ("core", "data", "model", "train", "evaluate", "validation")
 INDEPENDENT = {("evaluate", "train"), ("train", "evaluate")}
-
-
-def module_file(module: str, root: Path = REPO) -> Path | None:
-    """The file a project module name refers to (module.py or package/__init__.py), else None."""
-    if module.split(".")[0] not in PROJECT_PACKAGES:
-        return None
-    base = root / Path(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imports_of(path: Path, root: Path = REPO) -> set[Path]:
-    """Project files imported by `path`, with the packages a dotted import runs on the way."""
-    found: set[Path] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from pkg import name`: name may be a submodule (`from cxr.model import decisions`)
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        for name in names:
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
-                file = module_file(".".join(parts[:i]), root)
-                if file is not None:
-                    found.add(file)
-    return found
-
-
-def import_closure(entry: Path, root: Path = REPO) -> set[str]:
-    """Every project file `entry` runs, as repository-relative posix paths (entry included)."""
-    seen, todo = set(), [entry]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        todo += imports_of(path, root) - seen
-    return {p.relative_to(root).as_posix() for p in seen}
-
-
-def stage_code(root: Path = REPO) -> dict[str, tuple[set[str], set[str]]]:
-    """Per stage in dvc.yaml: (import closure of its entry point, code files listed in its deps)."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    out = {}
-    for name, stage in stages.items():
-        module = stage["cmd"].split("python -m ", 1)[1].split()[0]
-        closure = import_closure(module_file(module, root), root)
-        deps = {d for d in stage.get("deps", []) if d.endswith(".py")}
-        out[name] = (closure - ALLOWED_OUTSIDE_DEPS, deps)
-    return out
 
 
 @pytest.mark.parametrize("stage", list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]))
@@ -86,7 +30,7 @@ def test_stage_deps_are_its_import_closure(stage):
     missing, extra = sorted(closure - deps), sorted(deps - closure)
     assert not missing and not extra, (
         f"dvc.yaml stage {stage!r}: add to deps {missing} (imported, so a change must rerun it); "
-        f"remove from deps {extra} (not imported); `python -m tests.sync_deps` rewrites them"
+        f"remove from deps {extra} (not imported); `python -m scripts.sync_deps` rewrites them"
     )
 
 
@@ -173,3 +117,72 @@ def test_runtime_knobs_are_no_params_deps_and_every_other_train_key_is():
         listed = set(stages[name]["params"])
         assert not listed & set(RUNTIME_KEYS), f"{name}: runtime knobs listed as params deps"
         assert result_keys <= listed, f"{name}: missing {sorted(result_keys - listed)}"
+
+
+def _class_members(files) -> tuple[set[str], set[str]]:
+    """(class names, names a class body defines: fields, class attributes, methods, properties)."""
+    classes, members = set(), set()
+    for file in files:
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ClassDef):
+                classes.add(node.name)
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        members.add(item.target.id)
+                    elif isinstance(item, ast.Assign):
+                        members.update(t.id for t in item.targets if isinstance(t, ast.Name))
+                    elif isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                        members.add(item.name)
+    return classes, members
+
+
+def train_layer_vocabulary() -> tuple[set[str], set[str]]:
+    """(the train layer's class names, the attribute names only its classes define): a name torch's
+    modules and optimizers, or a class of the layers below, also define is not the train layer's."""
+    import torch
+
+    below = [f for f in (REPO / "cxr").rglob("*.py") if group_of(f.relative_to(REPO).as_posix()) in GROUP_ORDER[:3]]
+    classes, members = _class_members(sorted((REPO / "cxr" / "train").glob("*.py")))
+    _, shared = _class_members(below)
+    torch_names = set(dir(torch.nn.Module)) | set(dir(torch.optim.Optimizer)) | set(dir(torch.Tensor))
+    return classes, {m for m in members - shared - torch_names if not m.startswith("__")}
+
+
+def reaches_into_train(source: str, where: str, classes: set[str], attributes: set[str]) -> list[str]:
+    """Places in `source` that use a train-layer object: a parameter typed as (or named after) one of
+    its classes, or an attribute only its classes define read off anything but `self`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for arg in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
+                hint = ast.unparse(arg.annotation) if arg.annotation else ""
+                if arg.arg in ("run", "fit") or classes & set(re.findall(r"\w+", hint)):
+                    found.append(f"{where}:{node.lineno} {node.name}() takes {arg.arg}: {hint or 'untyped'}")
+        elif isinstance(node, ast.Attribute) and node.attr in attributes:
+            if not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+                found.append(f"{where}:{node.lineno} reads .{node.attr} ({ast.unparse(node)})")
+    return found
+
+
+def test_the_model_layer_never_reaches_into_train_objects():
+    """No import arrow is enough: cxr/model/ may not take a Run/Fit or read their attributes either."""
+    classes, attributes = train_layer_vocabulary()
+    found = []
+    for file in sorted((REPO / "cxr" / "model").glob("*.py")):
+        found += reaches_into_train(file.read_text(), str(file.relative_to(REPO)), classes, attributes)
+    assert not found, "cxr/model/ uses the train layer's objects (move the code to cxr/train/):\n" + "\n".join(found)
+
+
+def test_the_attribute_check_finds_a_training_state_saved_by_the_model_layer():
+    """The check can fail: the training-state saver as cxr/model/checkpoint.py once had it is named."""
+    classes, attributes = train_layer_vocabulary()
+    old = (
+        "def save_training_state(path, run, epoch):\n"
+        "    return {'average': run.fit.average.state_dict(), 'scaler': run.scaler.state_dict(),\n"
+        "            'batch_rng': run.generator.get_state(), 'best_model': run.best_weights}\n"
+        "def typed(state: 'Fit | None'):\n"
+        "    return state\n"
+    )
+    found = reaches_into_train(old, "old.py", classes, attributes)
+    assert any("takes run" in f for f in found) and any("takes state: 'Fit | None'" in f for f in found)
+    assert {".fit", ".average", ".scaler", ".generator", ".best_weights"} <= {f.split()[2] for f in found if "reads" in f}

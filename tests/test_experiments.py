@@ -15,9 +15,10 @@ from cxr.config import ConfigError, parse_params
 from cxr.evaluate.scores import multilabel_scores
 from cxr.model.losses import make_loss
 from cxr.model.networks import Head, build_model, freeze, head_name, train_mode
-from cxr.train import run as trainer_module
+from cxr.train import run as train_run
 from cxr.train.loop import NonFiniteLossError
 from cxr.train.optim import make_optimizer, make_schedule
+from cxr.train.state import ResumeError
 from tests.conftest import tiny_params_dict, train_on
 
 BN = nn.modules.batchnorm._BatchNorm
@@ -197,7 +198,7 @@ def _run(tmp_path, demo_root, monkeypatch, sub, **overrides):
 
 
 def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_last_good(tmp_path, demo_root, monkeypatch):
-    real = trainer_module.make_loss
+    real = train_run.make_loss
     calls = {"n": 0}
 
     def loss_that_explodes(*args):
@@ -210,7 +211,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_last_good(tmp_path
 
         return loss
 
-    monkeypatch.setattr(trainer_module, "make_loss", loss_that_explodes)
+    monkeypatch.setattr(train_run, "make_loss", loss_that_explodes)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 1/3 \(lr 0.01\).*Lower train.lr \(e.g. to 0.001\)"):
         _run(tmp_path, demo_root, monkeypatch, "nan")
     saved = torch.load(tmp_path / "nan/models/model.pt", weights_only=True)
@@ -222,18 +223,18 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, demo_root, monkeypat
     params = {"epochs": 4, "head": {"hidden": [16], "dropout": 0.3, "activation": "relu", "keep_classifier": False}}
     full, best_full = _run(tmp_path, demo_root, monkeypatch, "full", **params)
 
-    real_epoch = trainer_module.train_epoch
+    real_epoch = train_run.train_epoch
 
     def interrupted(*args, **kwargs):
         if kwargs["epoch"] == 3:
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "train_epoch", interrupted)
+    monkeypatch.setattr(train_run, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, demo_root, monkeypatch, "resumed", **params)
     assert torch.load(tmp_path / "resumed/models/last.pt", weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
+    monkeypatch.setattr(train_run, "train_epoch", real_epoch)
     resumed, best_resumed = _run(tmp_path, demo_root, monkeypatch, "resumed", resume=True, **params)
 
     assert best_resumed == best_full
@@ -251,5 +252,5 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, demo_root, monkeypat
 def test_resume_refuses_a_checkpoint_from_other_params(tmp_path, demo_root, monkeypatch):
     _run(tmp_path, demo_root, monkeypatch, "run", epochs=1)
     refused = r"last.pt \(after epoch 1\) differs in train.epochs 1 -> 2, train.lr \S+ -> 0.05"
-    with pytest.raises(trainer_module.ResumeError, match=refused):
+    with pytest.raises(ResumeError, match=refused):
         _run(tmp_path, demo_root, monkeypatch, "run", epochs=2, lr=0.05, resume=True)

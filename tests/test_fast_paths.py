@@ -14,7 +14,7 @@ from cxr.evaluate.scores import classification_scores
 from cxr.model.checkpoint import load_checkpoint
 from cxr.model.decisions import probabilities
 from cxr.model.inference import Runtime, predict_logits
-from cxr.train import run as trainer_module
+from cxr.train import run as train_run
 from cxr.train.augment import augment_batch, is_active
 from cxr.train.features import FeatureCacheError
 from stages.decode import decode
@@ -110,7 +110,7 @@ def test_feature_cache_gives_the_same_model_as_the_full_forward_pass(tmp_path, d
     assert "cached features from" in capsys.readouterr().out
     assert (tmp_path / "fast/data/features/train.pt").is_file()
 
-    monkeypatch.setattr(trainer_module, "cache_applies", lambda cfg: (False, "forced for the test"))
+    monkeypatch.setattr(train_run, "cache_applies", lambda cfg: (False, "forced for the test"))
     slow_best = train_on(params, demo_root, tmp_path / "slow")
     assert "full forward pass per batch (forced for the test)" in capsys.readouterr().out
 
@@ -132,7 +132,7 @@ def test_features_of_another_backbone_are_refused(tmp_path, demo_root):
     other = tiny_params_dict(freeze="backbone", epochs=1)
     other["seed"] = 7  # weights: none: another seed is another random backbone
     with pytest.raises(FeatureCacheError, match=r"features of another backbone"):
-        trainer_module.train(
+        train_run.train(
             parse_params(other),
             tmp_path / "data/decoded",
             tmp_path / "m.pt",
@@ -144,7 +144,7 @@ def test_features_of_another_backbone_are_refused(tmp_path, demo_root):
     cache_features(unfrozen, tmp_path / "data/decoded", tmp_path / "data/features")
     assert not (tmp_path / "data/features/train.pt").exists()
     with pytest.raises(FeatureCacheError, match=r"written for other params \(train.freeze is 'none'"):
-        trainer_module.train(
+        train_run.train(
             params,
             tmp_path / "data/decoded",
             tmp_path / "m.pt",
@@ -171,7 +171,7 @@ def test_augmented_training_runs_the_full_model(tmp_path, demo_root, capsys):
 
 def test_low_memory_switches_the_allocator_before_training(tmp_path, demo_root, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(trainer_module, "release_large_blocks", lambda: calls.append(True) or True)
+    monkeypatch.setattr(train_run, "release_large_blocks", lambda: calls.append(True) or True)
     train_on(parse_params(tiny_params_dict(epochs=1, low_memory=True)), demo_root, tmp_path)
     assert calls == [True] and "allocations over 8 MiB are returned to the system" in capsys.readouterr().out
     train_on(parse_params(tiny_params_dict(epochs=1)), demo_root, tmp_path / "default")

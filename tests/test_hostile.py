@@ -363,7 +363,7 @@ def test_resume_keeps_the_best_model_that_dvc_removed(tmp_path, demo_root, monke
 
 
 def test_resume_continues_the_interrupted_state_when_last_pt_was_replaced(tmp_path, demo_root, monkeypatch, capsys):
-    from cxr.model.checkpoint import shadow_of
+    from cxr.train.state import shadow_of
 
     _interrupted_at_epoch_3(tmp_path, demo_root, monkeypatch)
     last = tmp_path / "models/last.pt"

@@ -1,12 +1,11 @@
 """One training run as short steps: build it, restore it, train epochs (log, keep the best, save
-the state), summarise. The loops are in cxr/train/loop.py, the files in cxr/model/checkpoint.py."""
+the state), summarise. The loops are in cxr/train/loop.py, the training state in cxr/train/state.py."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,21 +13,14 @@ from dvclive import Live
 from tqdm import tqdm
 
 from cxr.atomic import write_text
-from cxr.config import RUNTIME_KEYS, Params
+from cxr.config import Params
 from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
-from cxr.model.checkpoint import (
-    ResumeError,
-    link_shadow,
-    restore_training_state,
-    save_checkpoint,
-    save_training_state,
-    shadow_of,
-)
+from cxr.model.checkpoint import save_checkpoint
 from cxr.model.inference import Runtime
 from cxr.model.losses import balanced_class_weights, make_loss
 from cxr.model.networks import head_name
-from cxr.model.spec import ModelSpec, initial_model
+from cxr.model.spec import initial_model
 from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LIVE_DIR
 from cxr.progress import progress
 from cxr.train.augment import augment_batch, is_active
@@ -46,41 +38,7 @@ from cxr.train.loop import (
     train_epoch,
 )
 from cxr.train.optim import make_optimizer, make_schedule
-
-__all__ = ["ResumeError", "train"]
-
-
-@dataclass
-class Run:
-    """Everything one training run holds between epochs."""
-
-    params: Params
-    spec: ModelSpec
-    model: torch.nn.Module
-    fit: Fit
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    generator: torch.Generator
-    data: dict[str, tuple]  # split -> (inputs, labels)
-    trainable: int
-    best_weights: dict | None = None  # CPU copy of the best epoch's weights, kept in the training state
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self.fit.optimizer
-
-    @property
-    def scaler(self) -> torch.amp.GradScaler:
-        return self.fit.scaler
-
-    def say(self, message: str) -> None:
-        if self.fit.dist.is_main:
-            print(message)
-
-
-def run_signature(params: Params, classes: tuple[str, ...]) -> dict:
-    """What must match for a resumed run to continue the interrupted one."""
-    train = params.train.model_dump(exclude={k.split(".", 1)[1] for k in RUNTIME_KEYS})
-    return {"seed": params.seed, "task": params.data.task, "classes": list(classes), "train": train}
+from cxr.train.state import Run, restore_training_state, run_signature, save_training_state, shadow_of
 
 
 def _inputs(params: Params, store_dir: Path, features_dir: Path, model, runtime: Runtime, generator):
@@ -297,7 +255,6 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
             live.next_step()
             if dist.is_main:
                 save_training_state(last_path, run, epoch + 1, best, signature)
-                link_shadow(last_path)
             if stalled(run, epoch, best):
                 break
         live.summary.setdefault("best", {}).update({k: best[k] for k in ("epoch", "val_f1", "val_accuracy")})

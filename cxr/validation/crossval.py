@@ -16,7 +16,8 @@ from cxr.data.splits import SPLITS, file_metadata
 from cxr.data.store import SplitStore, write_store
 from cxr.evaluate.run import evaluate
 from cxr.train.features import cache_features
-from cxr.train.run import run_signature, train
+from cxr.train.run import train
+from cxr.train.state import run_signature
 from cxr.validation.kept_folds import KeptFolds, code_digest, tree_digest
 
 FOLD_METRICS = ("accuracy", "f1_macro")

@@ -46,10 +46,21 @@ def class_summary(report: dict) -> dict:
     return out
 
 
+def accuracy_key(scores: dict) -> str:
+    """The accuracy a scored set is judged by: subset accuracy for multi-label rows, else accuracy."""
+    return "subset_accuracy" if "subset_accuracy" in scores else "accuracy"
+
+
 def headline(scores: dict) -> dict:
     """Accuracy (subset accuracy for multi-label) and macro F1 of one scored set."""
-    key = "subset_accuracy" if "subset_accuracy" in scores else "accuracy"
+    key = accuracy_key(scores)
     return {key: _rounded(scores[key]), "f1_macro": _rounded(scores["f1_macro"])}
+
+
+def headline_text(scores: dict, digits: int = 4) -> str:
+    """The headline as a log or card line: `accuracy 0.9950, macro F1 0.9950`."""
+    key = accuracy_key(scores)
+    return f"{key.replace('_', ' ')} {scores[key]:.{digits}f}, macro F1 {scores['f1_macro']:.{digits}f}"
 
 
 def test_summary(scores: dict) -> dict:

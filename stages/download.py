@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cxr.atomic import atomic_dir
 from cxr.config import load_params
-from cxr.data.layout import Grouping
+from cxr.data.grouping import Grouping
 from cxr.data.sources import write_dataset
 from cxr.data.splits import count_images
 from cxr.paths import RAW_DIR

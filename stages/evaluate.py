@@ -16,7 +16,7 @@ from cxr.paths import (
     TEST_SUMMARY,
 )
 from cxr.stage import stage
-from cxr.summaries import test_summary
+from cxr.summaries import headline_text, test_summary
 
 
 @stage("evaluate")
@@ -25,11 +25,7 @@ def main() -> None:
         load_params(), MODEL_PATH, DECODED_DIR, RAW_DIR, TEST_METRICS, PREDICTIONS, EVAL_LIVE_DIR, SUBMISSION
     )
     write_json(TEST_SUMMARY, test_summary(scores))
-    if "subset_accuracy" in scores:
-        headline = f"subset accuracy {scores['subset_accuracy']:.4f}, macro F1 {scores['f1_macro']:.4f}"
-    else:
-        headline = f"accuracy {scores['accuracy']:.4f}, macro F1 {scores['f1_macro']:.4f}"
-    print(f"evaluate: test {headline} on {scores['n']} images -> {TEST_METRICS}, {PREDICTIONS}")
+    print(f"evaluate: test {headline_text(scores)} on {scores['n']} images -> {TEST_METRICS}, {PREDICTIONS}")
     for cls, s in scores["screening"].items():
         threshold = f" at threshold {s['threshold']:.3f}" if s["threshold"] is not None else ""
         parts = [_with_interval(s, k) for k in ("sensitivity", "specificity", "roc_auc") if s[k] is not None]

@@ -6,7 +6,7 @@ from cxr.atomic import write_json
 from cxr.config import load_params
 from cxr.paths import EXTERNAL_LIVE_DIR, EXTERNAL_METRICS, EXTERNAL_SUMMARY, MODEL_PATH, RAW_DIR, TEST_METRICS
 from cxr.stage import stage
-from cxr.summaries import external_summary
+from cxr.summaries import external_summary, headline_text
 from cxr.validation.external import validate_externally
 
 
@@ -15,9 +15,8 @@ def main() -> None:
     results = validate_externally(load_params(), MODEL_PATH, TEST_METRICS, RAW_DIR, EXTERNAL_METRICS, EXTERNAL_LIVE_DIR)
     write_json(EXTERNAL_SUMMARY, external_summary(results))
     for name, s in results.items():
-        accuracy = s.get("accuracy", s.get("subset_accuracy"))
         print(
-            f"external: {name}: accuracy {accuracy:.4f}, macro F1 {s['f1_macro']:.4f} on {s['n']} images "
+            f"external: {name}: {headline_text(s)} on {s['n']} images "
             f"({s['leaks_excluded']} repeating training images left out) -> {EXTERNAL_METRICS}"
         )
     if not results:

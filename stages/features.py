@@ -6,8 +6,6 @@ from cxr.config import load_params
 from cxr.stage import stage
 from cxr.train.features import cache_features
 
-__all__ = ["cache_features", "main"]
-
 
 @stage("features")
 def main() -> None:

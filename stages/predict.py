@@ -18,9 +18,11 @@ import numpy as np
 
 from cxr.atomic import write_text
 from cxr.data.images import DEFAULT_MAX_PIXELS
-from cxr.evaluate.predict import decide, decode_all, find_images, predict_files, render
+from cxr.data.store import decode_all
+from cxr.evaluate.predict import decide, find_images, render, score_images
 from cxr.evaluate.run import load_decision_thresholds
 from cxr.model.checkpoint import load_checkpoint
+from cxr.model.inference import Runtime
 from cxr.paths import MODEL_PATH, TEST_METRICS
 from cxr.stage import stage
 
@@ -39,9 +41,12 @@ def run(argv: list[str] | None = None) -> int:
         default=DEFAULT_MAX_PIXELS,
         help="larger images are skipped by name (default %(default)s)",
     )
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default %(default)s)")
     args = parser.parse_args(argv)
 
     model, spec, _ = load_checkpoint(args.model)
+    runtime = Runtime.select()
+    runtime.prepare_model(model)
     thresholds, tta = load_decision_thresholds(args.metrics, args.model)
     found = find_images(args.paths)
     problems = list(found.problems)
@@ -53,7 +58,7 @@ def run(argv: list[str] | None = None) -> int:
         problems += unreadable
         if good:
             files += good
-            parts.append(predict_files(model, spec, pixels, tta=tta))
+            parts.append(score_images(model, spec, pixels, args.batch_size, tta, runtime))
     for path, why in problems:
         print(f"predict: skipped {path}: {why}", file=sys.stderr)
     if not files:

@@ -10,9 +10,9 @@ import yaml
 
 from cxr.config import parse_params
 from cxr.data.demo import write_demo_dataset
+from cxr.train.features import cache_features
 from cxr.train.run import train
 from stages.decode import decode
-from stages.features import cache_features
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -185,4 +185,5 @@ def test_the_attribute_check_finds_a_training_state_saved_by_the_model_layer():
     )
     found = reaches_into_train(old, "old.py", classes, attributes)
     assert any("takes run" in f for f in found) and any("takes state: 'Fit | None'" in f for f in found)
-    assert {".fit", ".average", ".scaler", ".generator", ".best_weights"} <= {f.split()[2] for f in found if "reads" in f}
+    read = {f.split()[2] for f in found if "reads" in f}
+    assert {".fit", ".average", ".scaler", ".generator", ".best_weights"} <= read

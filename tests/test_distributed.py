@@ -12,8 +12,8 @@ import yaml
 
 from cxr.config import parse_params
 from cxr.data.demo import write_demo_dataset
+from cxr.train.features import cache_features
 from stages.decode import decode
-from stages.features import cache_features
 from tests.conftest import REPO, tiny_params_dict, train_on
 from tests.test_fast_paths import _test_scores
 

@@ -16,9 +16,8 @@ from cxr.model.decisions import probabilities
 from cxr.model.inference import Runtime, predict_logits
 from cxr.train import run as train_run
 from cxr.train.augment import augment_batch, is_active
-from cxr.train.features import FeatureCacheError
+from cxr.train.features import FeatureCacheError, cache_features
 from stages.decode import decode
-from stages.features import cache_features
 from tests.conftest import tiny_params_dict, train_on
 
 

@@ -413,7 +413,7 @@ def test_a_bad_image_in_unsplit_data_follows_verify_on_corrupt(tmp_path, demo_ro
     split on its own and left out by verify, listed in metrics/data.json."""
     from PIL import Image
 
-    from cxr.data.layout import Grouping
+    from cxr.data.grouping import Grouping
     from stages.verify import verify
 
     folder = tmp_path / "flat"
@@ -442,7 +442,7 @@ def test_a_bad_image_in_unsplit_data_follows_verify_on_corrupt(tmp_path, demo_ro
 def test_resume_drops_the_curve_rows_of_an_epoch_the_state_does_not_hold(tmp_path):
     """Finding 8's other half: killed after dvclive wrote epoch 4's rows but before the state was
     saved, the resumed run repeats epoch 4; its earlier rows go, so no step appears twice."""
-    from cxr.train.run import trim_curves
+    from cxr.train.log import trim_curves
 
     curve = tmp_path / "live/plots/metrics/val/f1.tsv"
     curve.parent.mkdir(parents=True)

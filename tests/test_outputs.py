@@ -11,7 +11,7 @@ from cxr.atomic import atomic_dir, write_json
 from cxr.data.images import open_rgb
 from cxr.data.splits import scan_split
 from cxr.data.store import PREPROCESSING
-from cxr.evaluate.gallery import pick_examples, prediction_grid
+from cxr.evaluate.gallery import Outcomes, pick_examples, prediction_grid
 from cxr.evaluate.scores import classification_scores
 from cxr.model.checkpoint import load_checkpoint, save_checkpoint
 from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD
@@ -91,10 +91,11 @@ def test_grid_shows_confident_right_and_wrong(demo_root):
     probs = np.tile([[0.9, 0.1]], (len(labels), 1))
     probs[0] = [0.6, 0.4]
     preds = probs.argmax(1)
-    correct, wrong = pick_examples(labels, probs, preds, 3)
+    outcomes = Outcomes(labels, probs, preds, split.classes, multilabel=False)
+    correct, wrong = pick_examples(outcomes, 3)
     assert all(labels[i] == 0 for i in correct) and all(labels[i] == 1 for i in wrong)
     assert 0 not in correct  # less confident than the rest
-    image = prediction_grid(lambda i: open_rgb(split.files[i]), labels, probs, preds, split.classes, (correct, wrong))
+    image = prediction_grid(lambda i: open_rgb(split.files[i]), outcomes, (correct, wrong))
     assert image.width == 3 * 160 and image.height > 2 * 160
 
 

@@ -160,7 +160,7 @@ def test_awkward_image_modes_decode_and_bad_files_are_named(demo_root):
         verify_splits(demo_root, max_pixels=5_000_000)
     message = str(err.value)
     assert "truncated.png: does not decode" in message
-    assert "huge.png: 3000x2000 = 6,000,000 pixels, over verify.max_pixels=5,000,000" in message
+    assert "huge.png: 3000x2000 = 6,000,000 pixels, over the limit of 5,000,000 (verify.max_pixels)" in message
 
 
 def test_near_duplicates_across_splits_are_a_leak(demo_root):

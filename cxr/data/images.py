@@ -34,13 +34,21 @@ def open_gray(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     return open_rgb(path, max_pixels).convert("L")
 
 
+def pixel_problem(img: Image.Image, max_pixels: int) -> str:
+    """Why an opened image is over `max_pixels` (read from its header, nothing decoded); empty if it is not."""
+    if img.width * img.height <= max_pixels:
+        return ""
+    return (
+        f"{img.width}x{img.height} = {img.width * img.height:,} pixels, over the limit of {max_pixels:,} "
+        "(verify.max_pixels); downscale it or raise the limit"
+    )
+
+
 def check_pixels(img: Image.Image, path: Path, max_pixels: int) -> None:
     """Refuse an image larger than `max_pixels`, from its header, before anything is decoded."""
-    if img.width * img.height > max_pixels:
-        raise ImageTooLarge(
-            f"{path}: {img.width}x{img.height} = {img.width * img.height:,} pixels, over the limit of {max_pixels:,} "
-            "(verify.max_pixels); downscale it or raise the limit"
-        )
+    why = pixel_problem(img, max_pixels)
+    if why:
+        raise ImageTooLarge(f"{path}: {why}")
 
 
 def open_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -4,34 +4,17 @@ into the `{split}/{class}/file` layout every stage reads, splitting where needed
 from __future__ import annotations
 
 import csv
-import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from cxr.data.archives import ArchiveError
-from cxr.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, check_pixels, is_image, pixel_digest
-from cxr.data.near_duplicates import difference_hash, near_pairs
-from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, DatasetError, confined
+from cxr.data.grouping import Grouping, assign_splits
+from cxr.data.images import is_image
+from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, confined
 
 UNLABELED = "unlabeled"  # data/raw/unlabeled: a split folder of images without labels (a hand-in set)
 # Folder names accepted for each split, compared case-insensitively.
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
-
-
-@dataclass(frozen=True)
-class Grouping:
-    """How images are grouped before splitting (verify's params, applied at split time too):
-    near-duplicates within `near_bits`, images over `max_pixels` refused, and a file that does not
-    decode either fails the split or (`skip_corrupt`, verify.on_corrupt: skip) stands alone, to be
-    excluded by verify."""
-
-    near_bits: int = 8
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    skip_corrupt: bool = False
 
 
 def _split_dirs(folder: Path) -> dict[str, Path]:
@@ -88,109 +71,6 @@ def find_layout(folder: Path) -> dict[str, Path] | Path:
             f"{folder}: neither train/val/test folders nor class folders of images found "
             "(expected {split}/{class}/file or {class}/file)"
         )
-
-
-class _Groups:
-    """Union-find over image indices: images sharing pixels or a patient end up in one group."""
-
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        self.parent[self.find(j)] = self.find(i)
-
-    def join_by(self, keys: list[str | None]) -> None:
-        first: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            if key is not None:
-                self.union(first.setdefault(key, i), i)
-
-
-def _fingerprint(path: Path, max_pixels: int) -> tuple[str, np.ndarray]:
-    """An image's pixel digest and perceptual hash; ImageTooLarge or the decoder's error if it has none."""
-    with Image.open(path) as img:
-        check_pixels(img, path, max_pixels)
-        img.load()
-        return pixel_digest(img), difference_hash(img)
-
-
-def image_groups(files: list[Path], patients: list[str | None], grouping: Grouping = Grouping()) -> list[int]:
-    """A group id per file: files with identical pixels, near-identical ones (perceptual hash
-    within `grouping.near_bits`) or one patient share a group, which splits and folds never separate."""
-    groups = _Groups(len(files))
-    digests: list[str | None] = []
-    decoded, hashes = [], []
-    for i, path in enumerate(files):
-        try:
-            digest, phash = _fingerprint(path, grouping.max_pixels)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure (or a pixel bomb) is a bad file
-            decoder = f"{path} does not decode ({type(exc).__name__}: {exc})"
-            why = str(exc) if isinstance(exc, ImageTooLarge) else decoder
-            if not grouping.skip_corrupt:
-                raise DatasetError(
-                    f"cannot split the dataset: {why}; remove or replace it, or set verify.on_corrupt: skip"
-                ) from None
-            print(f"warning: {why}; split on its own, verify.on_corrupt: skip will leave it out")
-            digests.append(None)
-            continue
-        digests.append(digest)
-        decoded.append(i)
-        hashes.append(phash)
-    groups.join_by(digests)
-    groups.join_by(patients)
-    if hashes:
-        for i, j in near_pairs(np.stack(hashes), grouping.near_bits):
-            groups.union(decoded[i], decoded[j])
-    return [groups.find(i) for i in range(len(files))]
-
-
-def assign_splits(
-    files: list[Path],
-    strata: list[str],
-    patients: list[str | None],
-    val: float,
-    test: float,
-    seed: int,
-    grouping: Grouping = Grouping(),
-) -> list[str]:
-    """A split name per file: stratified by `strata`, seeded, and never separating files with
-    identical pixels, near-identical ones (perceptual hash within `near_bits`) or one patient."""
-    group = image_groups(files, patients, grouping)
-    roots = sorted(set(group))
-    rng = random.Random(seed)
-    split_of_root = {}
-    for stratum in sorted(set(strata)):
-        members = [r for r in roots if strata[r] == stratum]
-        rng.shuffle(members)
-        n_test, n_val = round(len(members) * test), round(len(members) * val)
-        for i, root in enumerate(members):
-            split_of_root[root] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return [split_of_root[g] for g in group]
-
-
-def assign_folds(group: list[int], strata: list[str], k: int, seed: int) -> list[int]:
-    """A fold (0..k-1) per file: whole groups dealt out per stratum in a seeded order, each to the
-    fold holding the fewest files of that stratum so far (folds stratified and about equal)."""
-    rng = random.Random(seed)
-    members: dict[int, list[int]] = {}
-    for i, g in enumerate(group):
-        members.setdefault(g, []).append(i)
-    fold_of_group = {}
-    for stratum in sorted(set(strata)):
-        roots = sorted(g for g in members if strata[g] == stratum)
-        rng.shuffle(roots)
-        size = [0] * k
-        for g in roots:
-            fold = min(range(k), key=lambda f: (size[f], f))
-            fold_of_group[g] = fold
-            size[fold] += len(members[g])
-    return [fold_of_group[g] for g in group]
 
 
 def split_by_fractions(

@@ -14,6 +14,11 @@ def difference_hash(img: Image.Image) -> np.ndarray:
     return np.packbits(small[:, 1:] > small[:, :-1]).view(np.uint64)
 
 
+def within_bits(hashes: np.ndarray, one: np.ndarray, max_bits: int) -> bool:
+    """Whether `one` hash is within `max_bits` bits of any of `hashes` (N, 4); 0 bits = never."""
+    return max_bits > 0 and len(hashes) > 0 and int(np.bitwise_count(hashes ^ one[None]).sum(1).min()) <= max_bits
+
+
 def near_pairs(hashes: np.ndarray, max_bits: int, chunk: int = 256) -> list[tuple[int, int]]:
     """Index pairs (i < j) whose hashes differ in at most `max_bits` bits; hashes is (N, 4) uint64."""
     pairs: list[tuple[int, int]] = []

@@ -11,8 +11,9 @@ from cxr.atomic import remove_stale, scratch_prefix
 from cxr.config import DataConfig
 from cxr.data.archives import Limits, safe_extract
 from cxr.data.demo import write_demo_dataset
+from cxr.data.grouping import Grouping
 from cxr.data.images import is_image
-from cxr.data.layout import Grouping, arrange_splits
+from cxr.data.layout import arrange_splits
 from cxr.data.presets import PRESETS
 from cxr.data.splits import DatasetError
 from cxr.paths import DOWNLOAD_DIR

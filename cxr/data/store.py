@@ -198,3 +198,19 @@ class SplitStore:
 
     def __del__(self):
         self.close()
+
+
+def decode_all(
+    files: Sequence[Path], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
+    """Decode each file as the store does; files that are not readable images, or larger than
+    `max_pixels`, are reported."""
+    good, rows, problems = [], [], []
+    for path in files:
+        try:
+            rows.append(decode_image(path, image_size, max_pixels))
+            good.append(path)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "not a readable image"
+            problems.append((str(path), f"not a readable image ({type(exc).__name__}: {exc})"))
+    pixels = np.stack(rows) if rows else np.zeros((0, CHANNELS, image_size, image_size), np.uint8)
+    return good, pixels, problems

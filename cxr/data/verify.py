@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from cxr.data.images import IMAGE_SUFFIXES, pixel_digest
-from cxr.data.near_duplicates import difference_hash, near_pairs
-from cxr.data.shortcuts import appearance
+from cxr.data.fingerprints import FileRecord, read_file
+from cxr.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from cxr.data.near_duplicates import near_pairs
 from cxr.data.splits import (
     LABELS_CSV,
     SPLITS,
@@ -26,20 +25,6 @@ from cxr.data.splits import (
     split_classes,
     split_patients,
 )
-
-
-@dataclass
-class FileRecord:
-    """What one reading of an image file found: its pixels' identity, or why it is unusable."""
-
-    split: str
-    path: Path
-    problem: str = ""  # empty for a usable image
-    mode: str = ""
-    size: tuple[int, int] = (0, 0)
-    digest: str = ""  # of the decoded pixels
-    dhash: np.ndarray | None = None  # perceptual hash
-    looks: dict = field(default_factory=dict)  # cxr.data.shortcuts.appearance: what should not carry the label
 
 
 @dataclass
@@ -61,23 +46,6 @@ class VerifyReport:
     @property
     def leaks(self) -> int:
         return len(self.duplicates_across) + len(self.near_across) + len(self.patients_across)
-
-
-def read_file(split: str, path: Path, max_pixels: int) -> FileRecord:
-    """Open, size-check (from the header, before decoding) and decode one file."""
-    try:
-        with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                why = (
-                    f"{img.width}x{img.height} = {img.width * img.height:,} pixels, over "
-                    f"verify.max_pixels={max_pixels:,}; downscale it or raise the limit"
-                )
-                return FileRecord(split, path, why)
-            img.load()
-            looks = appearance(img)
-            return FileRecord(split, path, "", img.mode, img.size, pixel_digest(img), difference_hash(img), looks)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-        return FileRecord(split, path, f"does not decode ({type(exc).__name__}: {exc})")
 
 
 def read_split(root: Path, split: str, max_pixels: int):
@@ -189,7 +157,7 @@ def verify_splits(
     root: Path,
     min_per_class: int = 1,
     max_leaks: int = 0,
-    max_pixels: int = 50_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     near_bits: int = 8,
     expected: dict[str, int] | None = None,
     skip_unreadable: bool = False,
@@ -219,7 +187,7 @@ def verify_splits(
     good = [r for r in records if not r.problem]
     problems += count_problems(root, counts, files_in, min_per_class, expected or {})
     if not skip_unreadable:
-        problems += [f"{r.path}: {r.problem}" for r in unreadable]
+        problems += [r.why for r in unreadable]
         problems += ["  (set verify.on_corrupt: skip to exclude and list them instead)"] if unreadable else []
     problems += class_problems(root, class_sets)
     excluded = [str(r.path.relative_to(root)) for r in unreadable] if skip_unreadable else []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from cxr.config import Params
 from cxr.model.spec import ModelSpec
+from cxr.summaries import headline_text
 
 LIMITS = """\
 - **Not for clinical use.** Not a medical device; no regulatory review; never a basis for
@@ -94,8 +95,8 @@ def _recipe_section(params: Params) -> list[str]:
 def _results_section(test: dict) -> list[str]:
     return [
         "## Test results (95% intervals: exact for proportions, bootstrap for AUCs)",
-        f"- {test.get('n')} test images: accuracy {test.get('accuracy', test.get('subset_accuracy', 0)):.3f}, "
-        f"macro F1 {test.get('f1_macro', 0):.3f}; thresholds fitted on validation (`{test.get('threshold_rule')}`).",
+        f"- {test.get('n')} test images: {headline_text(test, 3)}; "
+        f"thresholds fitted on validation (`{test.get('threshold_rule')}`).",
         "",
         *_screening_rows(test),
         "",

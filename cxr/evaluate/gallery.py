@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -12,35 +13,46 @@ CAPTION = 48
 GREEN, RED = (40, 170, 60), (210, 40, 40)
 
 
-def confidence(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray) -> np.ndarray:
-    """How sure each decision was: the probability of the predicted class; for multi-label
-    rows, that of the least certain class decision."""
-    if labels.ndim == 2:
-        return np.maximum(probs, 1 - probs).min(1)
-    return probs[np.arange(len(preds)), preds]
+@dataclass(frozen=True)
+class Outcomes:
+    """Scored images: truth, probabilities and decisions, in the classes' order; `multilabel` says
+    (from the model's spec) whether labels and decisions are rows of 0/1 per class."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    preds: np.ndarray
+    classes: Sequence[str]
+    multilabel: bool
+
+    def confidence(self) -> np.ndarray:
+        """How sure each decision was: the probability of the predicted class; for multi-label
+        rows, that of the least certain class decision."""
+        if self.multilabel:
+            return np.maximum(self.probs, 1 - self.probs).min(1)
+        return self.probs[np.arange(len(self.preds)), self.preds]
+
+    def right(self) -> np.ndarray:
+        return (self.preds == self.labels).all(1) if self.multilabel else self.preds == self.labels
+
+    def caption(self, i: int) -> str:
+        if self.multilabel:
+
+            def names(row):
+                return "+".join(c for c, on in zip(self.classes, row, strict=True) if on) or "none"
+
+            scores = "p=" + "/".join(f"{p:.2f}" for p in self.probs[i])  # in class order, as the legend says
+            return f"true {names(self.labels[i])}\npred {names(self.preds[i])}\n{scores}"
+        pred = int(self.preds[i])
+        return f"true {self.classes[self.labels[i]]}\npred {self.classes[pred]} p={self.probs[i, pred]:.2f}"
 
 
-def pick_examples(
-    labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, per_kind: int
-) -> tuple[list[int], list[int]]:
+def pick_examples(outcomes: Outcomes, per_kind: int) -> tuple[list[int], list[int]]:
     """Indices of the most confident correct and the most confident wrong decisions."""
-    right = (preds == labels).all(1) if labels.ndim == 2 else preds == labels
-    order = np.argsort(-confidence(labels, probs, preds), kind="stable")
+    right = outcomes.right()
+    order = np.argsort(-outcomes.confidence(), kind="stable")
     correct = [int(i) for i in order if right[i]][:per_kind]
     wrong = [int(i) for i in order if not right[i]][:per_kind]
     return correct, wrong
-
-
-def _caption(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, classes: Sequence[str], i: int) -> str:
-    if labels.ndim == 2:
-
-        def names(row):
-            return "+".join(c for c, on in zip(classes, row, strict=True) if on) or "none"
-
-        scores = "p=" + "/".join(f"{p:.2f}" for p in probs[i])  # in class order, as the legend says
-        return f"true {names(labels[i])}\npred {names(preds[i])}\n{scores}"
-    pred = int(preds[i])
-    return f"true {classes[labels[i]]}\npred {classes[pred]} p={probs[i, pred]:.2f}"
 
 
 def _tile(image: Image.Image, caption: str, colour: tuple[int, int, int], font) -> Image.Image:
@@ -54,10 +66,7 @@ def _tile(image: Image.Image, caption: str, colour: tuple[int, int, int], font) 
 
 def prediction_grid(
     picture: Callable[[int], Image.Image],
-    labels: np.ndarray,
-    probs: np.ndarray,
-    preds: np.ndarray,
-    classes: Sequence[str],
+    outcomes: Outcomes,
     examples: tuple[list[int], list[int]],
     title: str = "",
 ) -> Image.Image:
@@ -76,10 +85,10 @@ def prediction_grid(
         (("correct (most confident)", correct, GREEN), ("wrong (most confident)", wrong, RED))
     ):
         y = top + row * (TILE + CAPTION + 20)
-        legend = f"; p = {'/'.join(classes)}" if labels.ndim == 2 else ""
+        legend = f"; p = {'/'.join(outcomes.classes)}" if outcomes.multilabel else ""
         shown = f"{kind}: {len(indices)} shown{legend}" if indices else f"{kind}: none"
         draw.text((4, y + 3), shown, fill=colour, font=font)
         for col, i in enumerate(indices):
-            tile = _tile(picture(i), _caption(labels, probs, preds, classes, i), colour, font)
+            tile = _tile(picture(i), outcomes.caption(i), colour, font)
             grid.paste(tile, (col * TILE, y + 20))
     return grid

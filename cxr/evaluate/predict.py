@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
-from cxr.data.store import CHANNELS, PREPROCESSING, decode_image
+from cxr.data.images import IMAGE_SUFFIXES
+from cxr.data.store import PREPROCESSING
 from cxr.model.checkpoint import CheckpointError
 from cxr.model.decisions import DEFAULT_THRESHOLD, label_name, screened_classes, thresholded
 from cxr.model.inference import Runtime, predict_probabilities
@@ -48,22 +48,6 @@ def find_images(paths: Iterable[str | Path]) -> Inputs:
     return found
 
 
-def decode_all(
-    files: Sequence[Path], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
-    """Decode each file as the store does; files that are not readable images, or larger than
-    `max_pixels`, are reported."""
-    good, rows, problems = [], [], []
-    for path in files:
-        try:
-            rows.append(decode_image(path, image_size, max_pixels))
-            good.append(path)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means "not a readable image"
-            problems.append((str(path), f"not a readable image ({type(exc).__name__}: {exc})"))
-    pixels = np.stack(rows) if rows else np.zeros((0, CHANNELS, image_size, image_size), np.uint8)
-    return good, pixels, problems
-
-
 def decide(
     spec: ModelSpec, probs: np.ndarray, thresholds: dict[str, float | None] | None
 ) -> tuple[list[str], dict[str, float]]:
@@ -78,16 +62,18 @@ def decide(
     return names, {c: given.get(c, DEFAULT_THRESHOLD) for c in screened}
 
 
-def predict_files(model, spec: ModelSpec, pixels: np.ndarray, batch_size: int = 32, tta: str = "none") -> np.ndarray:
-    """Class probabilities of decoded images (N, C, S, S), with `tta` as `evaluate.tta`."""
+def score_images(model, spec: ModelSpec, images, batch_size: int, tta: str, runtime: Runtime) -> np.ndarray:
+    """Class probabilities (float64) of decoded images, a (N, C, S, S) uint8 array or tensor or a
+    SplitStore, with `tta` as `evaluate.tta`: the one scoring path of evaluate, external sets,
+    cross-validation folds and `stages.predict`. `model` is on `runtime` (Runtime.prepare_model)."""
     if spec.preprocessing != PREPROCESSING:
         raise CheckpointError(
             f"checkpoint preprocessing {spec.preprocessing!r} is not this version's {PREPROCESSING!r}"
         )
-    runtime = Runtime.select()
-    runtime.prepare_model(model)
-    probs = predict_probabilities(model, torch.from_numpy(pixels), batch_size, runtime, spec.probabilities, tta)
-    return probs.numpy().astype(np.float64)
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    probs = predict_probabilities(model, images, batch_size, runtime, spec.probabilities, tta)
+    return probs.numpy().astype(np.float64)  # JSON-friendly floats
 
 
 def render(files: Sequence[Path], probs: np.ndarray, decisions: Sequence[str], classes, fmt: str) -> str:

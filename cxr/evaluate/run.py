@@ -10,22 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
 
-from cxr.atomic import atomic_path, write_json, write_text
+from cxr.atomic import atomic_path, write_json
 from cxr.checksums import sha256_of
 from cxr.config import Params
 from cxr.data.images import is_image, open_rgb
 from cxr.data.layout import UNLABELED
-from cxr.data.store import SplitStore, StoreError
-from cxr.evaluate.gallery import pick_examples, prediction_grid
+from cxr.data.store import SplitStore, StoreError, decode_all
+from cxr.evaluate.gallery import Outcomes, pick_examples, prediction_grid
 from cxr.evaluate.gradcam import attribution_shares, gradcam, gradcam_layer, overlay
-from cxr.evaluate.predict import decode_all
+from cxr.evaluate.log import PlotLog, plot_log
+from cxr.evaluate.predict import score_images
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
 from cxr.model.checkpoint import load_checkpoint
 from cxr.model.decisions import label_name, screened_classes, thresholded
-from cxr.model.inference import Runtime, predict_probabilities
+from cxr.model.inference import Runtime
 from cxr.model.spec import ModelSpec
 from cxr.progress import steps
 
@@ -49,35 +49,23 @@ def write_predictions(path: Path, test: SplitStore, probs: np.ndarray, preds: np
             writer.writerow([file, true, pred, *(f"{p:.6f}" for p in probs[i])])
 
 
-def log_curve(live: Live, kind: str, truth, scores, name: str, label: str, **options) -> None:
-    """dvclive's `kind` curve (roc, precision_recall, calibration) at plots/sklearn/`name`, every row
-    carrying `class` = `label`, which the curve templates write on the chart (one chart per file)."""
-    live.log_sklearn_plot(kind, truth, scores, name=name, **options)
-    path = Path(live.plots_dir) / "sklearn" / name
-    rows = json.loads(path.read_text())
-    for row in rows[kind]:
-        row["class"] = label
-    write_text(path, json.dumps(rows, indent=4))
-
-
-def _log_plots(live: Live, test: SplitStore, probs, preds, classes, screened: list[int], bins: int) -> None:
+def _log_plots(log: PlotLog, test: SplitStore, probs, preds, classes, screened: list[int], bins: int) -> None:
     names = np.asarray(classes)
     for i in screened:
         truth, scores, decided = _class_view(test.labels, probs, preds, i, test.multilabel)
         if truth.all() or not truth.any():
             continue  # one class only: no curve
         cls, truth = classes[i], truth.astype(int)
-        log_curve(live, "roc", truth, scores, f"roc/{cls}.json", cls)
-        log_curve(live, "precision_recall", truth, scores, f"precision_recall/{cls}.json", cls)
-        log_curve(live, "calibration", truth, scores, f"calibration/{cls}.json", cls, n_bins=bins)
-        live.log_sklearn_plot(  # every task: the class against the rest at its threshold (multi-label: the only one)
-            "confusion_matrix",
+        log.curve("roc", truth, scores, f"roc/{cls}.json", cls)
+        log.curve("precision_recall", truth, scores, f"precision_recall/{cls}.json", cls)
+        log.curve("calibration", truth, scores, f"calibration/{cls}.json", cls, n_bins=bins)
+        log.confusion(  # every task: the class against the rest at its threshold (multi-label: the only one)
             np.where(truth, cls, f"not {cls}").tolist(),
             np.where(decided, cls, f"not {cls}").tolist(),
             name=f"confusion/{cls}.json",
         )
     if not test.multilabel:
-        live.log_sklearn_plot("confusion_matrix", names[test.labels].tolist(), names[preds].tolist())
+        log.confusion(names[test.labels].tolist(), names[preds].tolist())
 
 
 def write_submission(model, spec: ModelSpec, unlabeled: Path, thresholds, cfg, runtime, path: Path) -> int:
@@ -89,8 +77,7 @@ def write_submission(model, spec: ModelSpec, unlabeled: Path, thresholds, cfg, r
     good, pixels, problems = decode_all(files, spec.image_size)
     for bad, why in problems:
         print(f"evaluate: submission: skipped {bad}: {why}")
-    pixels = torch.from_numpy(pixels)
-    probs = predict_probabilities(model, pixels, cfg.batch_size, runtime, spec.probabilities, cfg.tta).numpy()
+    probs = score_images(model, spec, pixels, cfg.batch_size, cfg.tta, runtime)
     decided = spec.decide(probs, thresholds) if len(good) else []
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -119,22 +106,21 @@ def attribution_summary(model, test: SplitStore, probs, preds, runtime, limit: i
 
 
 def _gallery(model, spec: ModelSpec, test: SplitStore, probs, preds, per_kind: int, raw_dir: Path, runtime):
-    examples = pick_examples(test.labels, probs, preds, per_kind)
+    outcomes = Outcomes(test.labels, probs, preds, spec.classes, spec.multilabel)
+    examples = pick_examples(outcomes, per_kind)
     chosen = examples[0] + examples[1]
-    predictions = prediction_grid(
-        lambda i: open_rgb(raw_dir / test.files[i]), test.labels, probs, preds, spec.classes, examples
-    )
+    predictions = prediction_grid(lambda i: open_rgb(raw_dir / test.files[i]), outcomes, examples)
     if not chosen:
         return predictions, None
     pixels = test[chosen]
     # explain the decision: the predicted class (multi-label: the most probable one)
-    target = probs[chosen].argmax(1) if test.multilabel else preds[chosen]
+    target = probs[chosen].argmax(1) if spec.multilabel else preds[chosen]
     images = runtime.images(pixels)
     layer = gradcam_layer(model, images)
     cams = gradcam(model, images, torch.as_tensor(target), layer).numpy()
     overlays = {i: overlay(pixels[k].numpy(), cams[k]) for k, i in enumerate(chosen)}
     title = f"Grad-CAM on {layer} for the predicted class; red = strongest evidence"
-    cam_grid = prediction_grid(overlays.__getitem__, test.labels, probs, preds, spec.classes, examples, title)
+    cam_grid = prediction_grid(overlays.__getitem__, outcomes, examples, title)
     return predictions, cam_grid
 
 
@@ -168,12 +154,8 @@ def evaluate(
     if test.classes != spec.classes:
         raise StoreError(f"{store_dir}: classes {list(test.classes)} differ from the model's {list(spec.classes)}")
 
-    def probs_of(split: SplitStore) -> np.ndarray:
-        probs = predict_probabilities(model, split, cfg.batch_size, runtime, spec.probabilities, cfg.tta)
-        return probs.numpy().astype(np.float64)  # JSON-friendly floats
-
     say(f"{len(val)} validation and {len(test)} test images through the model (tta: {cfg.tta})")
-    val_probs, probs = probs_of(val), probs_of(test)
+    val_probs, probs = (score_images(model, spec, s, cfg.batch_size, cfg.tta, runtime) for s in (val, test))
     say(f"scores and intervals ({cfg.bootstrap} bootstrap resamples for F1 and AUCs), Grad-CAM attribution")
     rule = ThresholdRule(cfg.threshold)
     preds, thresholds = operating_points(spec.classes, spec.multilabel, val.labels, val_probs, probs, rule)
@@ -196,14 +178,13 @@ def evaluate(
     write_json(metrics_path, scores)
     write_predictions(predictions_path, test, probs, preds, spec.classes)
     say(f"plots and galleries ({cfg.grid_images} images per grid)")
-    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        _log_plots(live, test, probs, preds, spec.classes, screened, cfg.calibration_bins)
+    with plot_log(live_dir) as log:
+        _log_plots(log, test, probs, preds, spec.classes, screened, cfg.calibration_bins)
         if cfg.grid_images:
             grid, cams = _gallery(model, spec, test, probs, preds, cfg.grid_images, raw_dir, runtime)
-            live.log_image("predictions.png", grid)
+            log.image("predictions.png", grid)
             if cams is not None:
-                live.log_image("gradcam.png", cams)
-    (Path(live_dir) / "metrics.json").unlink(missing_ok=True)  # dvclive's summary; the scores have their own
+                log.image("gradcam.png", cams)
     say("done")
     return scores
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cxr.errors import ConfigError
+from cxr.errors import ConfigError, PipelineError
 
 # ImageNet statistics: what torchvision's pretrained weights expect, stored in each checkpoint.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,7 +93,7 @@ class Runtime:
         x = standardize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def features(self, batch: torch.Tensor, augment=None) -> torch.Tensor:
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
         """Cached feature rows: only moved to the device."""
         return batch.to(self.device, non_blocking=True)
 
@@ -164,5 +164,5 @@ def predict_probabilities(
     return total / len(views)
 
 
-class NonFiniteOutputError(ConfigError):
+class NonFiniteOutputError(PipelineError, ArithmeticError):
     """A model whose outputs are NaN or infinite: scores and decisions from it would be meaningless."""

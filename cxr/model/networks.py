@@ -16,6 +16,7 @@ from cxr.errors import ConfigError
 from cxr.model.architectures import FAMILY_OF_ARCH, Family, family_of, replace_module, submodule
 from cxr.model.weights import WeightsError, imagenet_state_dict, local_state_dict
 
+HEAD_ATTRIBUTE = "cxr_head"  # build_model records the head's dotted name under this attribute
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
@@ -117,15 +118,17 @@ def build_model(
     old = submodule(model, replaced)
     width = old.in_features if isinstance(old, nn.Linear) else feature_width(model, image_size, replaced)
     replace_module(model, replaced, make_head(width, hidden, dropout, num_outputs, activation))
+    setattr(model, HEAD_ATTRIBUTE, replaced)  # where the head is, recorded by the one code that put it there
     return model
 
 
 def head_name(model: nn.Module) -> str:
-    """Dotted name of the new head module (`fc`, `classifier`, `classifier.6`, `heads`, ...)."""
-    for name, module in model.named_modules():
-        if isinstance(module, Head):
-            return name
-    raise ValueError(f"{type(model).__name__}: no new head found; build it with build_model")
+    """Dotted name of the new head module (`fc`, `classifier`, `classifier.6`, `heads`, ...), as
+    `build_model` recorded it."""
+    name = getattr(model, HEAD_ATTRIBUTE, None)
+    if name is None:
+        raise ValueError(f"{type(model).__name__}: no new head found; build it with build_model")
+    return name
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -176,13 +179,14 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def train_mode(model: nn.Module, freeze_mode: str | Sequence[str | int] = "none") -> None:
+def train_mode(model: nn.Module, freeze_mode: str | Sequence[str | int] = "none", frozen_bn_eval: bool = True) -> None:
     """model.train(), except where parameters are frozen.
 
     `freeze: backbone` makes the backbone a fixed feature extractor: everything but the new
     head runs in eval mode (BatchNorm running stats, no dropout or stochastic depth), which is
     what lets its features be computed once (cxr/train/features.py). Under the other modes,
-    BatchNorm layers whose parameters are frozen keep their running statistics.
+    with `frozen_bn_eval`, BatchNorm layers whose parameters are frozen keep their running
+    statistics (Lightning's `train_bn=False`); without it they update them like the rest.
     """
     if freeze_mode == "backbone":
         model.eval()
@@ -192,5 +196,5 @@ def train_mode(model: nn.Module, freeze_mode: str | Sequence[str | int] = "none"
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if frozen_bn_eval and params and not any(p.requires_grad for p in params):
                 module.eval()

@@ -15,6 +15,11 @@ class WeightAverage:
             AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay > 0 else None
         )
 
+    @classmethod
+    def off(cls) -> WeightAverage:
+        """No average: `module` returns the trained network itself."""
+        return cls(nn.Identity(), 0.0)
+
     def update(self, net: nn.Module) -> None:
         if self.average is not None:
             self.average.update_parameters(net)

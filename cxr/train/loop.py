@@ -20,7 +20,6 @@ from cxr.progress import progress
 from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed, Rows
 
-SINGLE = Distributed()  # one process
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -79,11 +78,7 @@ class Fit:
     scaler: torch.amp.GradScaler
     freeze_mode: str | list = "none"
     dist: Distributed = field(default_factory=Distributed)
-    average: WeightAverage | None = None  # train.ema; None = off
-
-    def __post_init__(self):
-        if self.average is None:
-            self.average = WeightAverage(self.model, 0.0)
+    average: WeightAverage = field(default_factory=WeightAverage.off)  # train.ema
 
     @property
     def scored(self) -> nn.Module:
@@ -125,7 +120,7 @@ def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generat
     of processes is left out) and the returned scores cover all processes.
     """
     dist, runtime = fit.dist, fit.runtime
-    train_mode(fit.model, fit.freeze_mode)
+    train_mode(fit.model, fit.freeze_mode, frozen_bn_eval=True)
     loss_sums, seen_labels, seen_preds = [], [], []
     # a last batch leaving a process one image is left out: BatchNorm cannot train on one value per channel
     order = [dist.share(b) for b in batches(len(labels), batch_size, generator) if len(b) >= 2 * dist.world]

@@ -9,10 +9,7 @@ import math
 from pathlib import Path
 
 import torch
-from dvclive import Live
-from tqdm import tqdm
 
-from cxr.atomic import write_text
 from cxr.config import Params
 from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
@@ -28,6 +25,7 @@ from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed
 from cxr.train.exclusive import die_with_launcher, training_lock
 from cxr.train.features import cache_applies, load_features
+from cxr.train.log import RunLog, run_log
 from cxr.train.loop import (
     EpochResult,
     Fit,
@@ -134,18 +132,14 @@ def describe(run: Run) -> str:
     )
 
 
-def log_epoch(live, run: Run, epoch: int, lr: float, fit: EpochResult, val: EpochResult) -> None:
-    """One epoch's curves (dvclive) and its line in the log."""
-    for split, result in (("train", fit), ("val", val)):
-        live.log_metric(f"{split}/loss", result.loss)
-        live.log_metric(f"{split}/accuracy", result.accuracy)
-        live.log_metric(f"{split}/f1", result.f1)
-    live.log_metric("lr", lr)
-    if run.fit.dist.is_main:
-        tqdm.write(
-            f"epoch {epoch + 1}/{run.params.train.epochs}: lr {lr:.3g} | train loss {fit.loss:.4f} "
-            f"acc {fit.accuracy:.3f} | val loss {val.loss:.4f} acc {val.accuracy:.3f} f1 {val.f1:.3f}"
-        )
+def log_epoch(log: RunLog, run: Run, epoch: int, lr: float, fit: EpochResult, val: EpochResult) -> None:
+    """One epoch's curves and its line in the log."""
+    log.epoch({f"{split}/{key}": getattr(result, key) for split, result in (("train", fit), ("val", val))
+               for key in ("loss", "accuracy", "f1")} | {"lr": lr})  # fmt: skip
+    run.say(
+        f"epoch {epoch + 1}/{run.params.train.epochs}: lr {lr:.3g} | train loss {fit.loss:.4f} "
+        f"acc {fit.accuracy:.3f} | val loss {val.loss:.4f} acc {val.accuracy:.3f} f1 {val.f1:.3f}",
+    )
 
 
 def one_epoch(run: Run, epoch: int) -> tuple[float, EpochResult, EpochResult]:
@@ -192,25 +186,6 @@ def scored_state(run: Run) -> dict:
     return state
 
 
-def trim_curves(live_dir: Path, start: int) -> None:
-    """Drop every curve row of an epoch the training state does not hold (step >= `start`): a run
-    killed after logging an epoch but before saving it repeats that epoch on resume, and its rows
-    would otherwise appear twice."""
-    for curve in sorted((Path(live_dir) / "plots").rglob("*.tsv")):
-        header, *rows = curve.read_text().splitlines()
-        kept = [row for row in rows if int(row.split("\t", 1)[0]) < start]
-        if len(kept) < len(rows):
-            write_text(curve, "\n".join([header, *kept]) + "\n")
-
-
-def _open_log(run: Run, live_dir: Path, start: int):
-    if not run.fit.dist.is_main:
-        return contextlib.nullcontext(_Silent())
-    if start > 0:
-        trim_curves(live_dir, start)
-    return Live(dir=str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False, report=None)
-
-
 def train(
     params: Params,
     store_dir: Path = DECODED_DIR,
@@ -239,37 +214,23 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
     keep_best_model(run, model_path, best)
     run.say(describe(run))
     signature = run_signature(params, run.spec.classes)
-    with _open_log(run, live_dir, start) as live:
-        live.step = start  # dvclive's own resume skips step 0; the checkpoint knows the truth
-        live.log_metric("trainable_params", run.trainable, plot=False)
+    with run_log(live_dir, start, enabled=dist.is_main) as log:
+        log.value("trainable_params", run.trainable)
         for epoch in progress(range(start, params.train.epochs), desc="epochs", unit="epoch", initial=start,
                           total=params.train.epochs, disable=not dist.is_main):  # fmt: skip
             lr, fit, val = one_epoch(run, epoch)
             refuse_non_finite(val, epoch, lr)
-            log_epoch(live, run, epoch, lr, fit, val)
+            log_epoch(log, run, epoch, lr, fit, val)
             if is_better(val, best):
                 best = {"epoch": epoch + 1, "val_f1": val.f1, "val_loss": val.loss, "val_accuracy": val.accuracy}
                 run.best_weights = {k: v.detach().cpu().clone() for k, v in scored_state(run).items()}
                 if dist.is_main:
                     save_checkpoint(model_path, run.best_weights, run.spec, **best)
-            live.next_step()
             if dist.is_main:
                 save_training_state(last_path, run, epoch + 1, best, signature)
             if stalled(run, epoch, best):
                 break
-        live.summary.setdefault("best", {}).update({k: best[k] for k in ("epoch", "val_f1", "val_accuracy")})
+        log.summary("best", {k: best[k] for k in ("epoch", "val_f1", "val_accuracy")})
     run.say(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")
     return best
 
-
-class _Silent:
-    """What processes other than the first log to: nothing (one set of dvclive files)."""
-
-    step = 0
-    summary: dict = {}
-
-    def log_metric(self, *args, **kwargs) -> None:
-        pass
-
-    def next_step(self) -> None:
-        pass

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from cxr.atomic import link_or_copy
 from cxr.config import RUNTIME_KEYS, Params
@@ -44,7 +45,7 @@ class Run:
 
     def say(self, message: str) -> None:
         if self.fit.dist.is_main:
-            print(message)
+            tqdm.write(message)  # above a progress bar, on a terminal
 
 
 def run_signature(params: Params, classes: tuple[str, ...]) -> dict:

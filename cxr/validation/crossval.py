@@ -11,10 +11,11 @@ import numpy as np
 
 from cxr.atomic import write_json
 from cxr.config import Params
-from cxr.data.layout import Grouping, assign_folds, image_groups
+from cxr.data.grouping import Grouping, assign_folds, image_groups
 from cxr.data.splits import SPLITS, file_metadata
 from cxr.data.store import SplitStore, write_store
 from cxr.evaluate.run import evaluate
+from cxr.summaries import accuracy_key
 from cxr.train.features import cache_features
 from cxr.train.run import train
 from cxr.train.state import run_signature
@@ -46,7 +47,7 @@ class Pool:
 
 
 def folds_of(pool: Pool, raw_dir: Path, k: int, seed: int, near_bits: int) -> list[int]:
-    """The fold of every pooled image (cxr.data.layout.assign_folds over patient/duplicate groups)."""
+    """The fold of every pooled image (cxr.data.grouping.assign_folds over patient/duplicate groups)."""
     meta: dict[Path, dict[str, str]] = {}
     for split in SPLITS:
         meta.update(file_metadata(raw_dir / split))
@@ -69,8 +70,7 @@ def write_fold_store(pool: Pool, fold_of: list[int], fold: int, k: int, out_dir:
 
 def fold_summary(scores: dict) -> dict:
     """Accuracy, macro F1 and per-class sensitivity/specificity of one fold's test scores."""
-    accuracy = scores.get("accuracy", scores.get("subset_accuracy"))
-    out = {"accuracy": accuracy, "f1_macro": scores["f1_macro"]}
+    out = {"accuracy": scores[accuracy_key(scores)], "f1_macro": scores["f1_macro"]}
     for cls, report in scores["screening"].items():
         for key in CLASS_METRICS:
             out[f"{key}_{cls}"] = report[key]

@@ -11,16 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from dvclive import Live
 
+from cxr.atomic import write_json
+from cxr.data.fingerprints import read_file
+from cxr.data.near_duplicates import within_bits
 from cxr.data.splits import SPLITS, DatasetError, scan_split
-from cxr.data.verify import read_file
-from cxr.evaluate.predict import decode_all
-from cxr.evaluate.run import log_curve
+from cxr.data.store import decode_all
+from cxr.evaluate.log import PlotLog, plot_log
+from cxr.evaluate.predict import score_images
+from cxr.evaluate.run import load_decision_thresholds
 from cxr.evaluate.scores import classification_scores, multilabel_scores
-from cxr.model.decisions import screened_classes
-from cxr.model.inference import Runtime, predict_probabilities
+from cxr.model.checkpoint import load_checkpoint
+from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes
+from cxr.model.inference import Runtime
 
 
 def external_files(folder: Path, classes: tuple[str, ...], multilabel: bool):
@@ -73,13 +76,23 @@ class TrainingImages:
             if record.problem:
                 out.append(False)
                 continue
-            distance = np.bitwise_count(self.hashes ^ record.dhash[None]).sum(1) if len(self.hashes) else [999]
-            out.append(record.digest in self.digests or (self.near_bits > 0 and int(min(distance)) <= self.near_bits))
+            out.append(record.digest in self.digests or within_bits(self.hashes, record.dhash, self.near_bits))
         return out
 
 
-def score_set(name: str, folder: Path, model, spec, thresholds, tta: str, training: TrainingImages, live: Live) -> dict:
-    """Scores of one external set, with its confusion matrix and ROC curves logged to `live`."""
+@dataclass(frozen=True)
+class Scoring:
+    """How every external set is scored: evaluate's thresholds and test-time augmentation (fitted
+    for this checkpoint), evaluate.batch_size, and the device."""
+
+    thresholds: dict
+    tta: str
+    batch_size: int
+    runtime: Runtime
+
+
+def score_set(name: str, folder: Path, model, spec, scoring: Scoring, training: TrainingImages, log: PlotLog) -> dict:
+    """Scores of one external set, with its confusion matrix and ROC curves logged to `log`."""
     files, labels = external_files(folder, spec.classes, spec.multilabel)
     leak = training.repeated(files)
     keep = [i for i, bad in enumerate(leak) if not bad]
@@ -87,46 +100,41 @@ def score_set(name: str, folder: Path, model, spec, thresholds, tta: str, traini
     decoded = set(good)
     kept = [i for i in keep if files[i] in decoded]
     labels = labels[kept]
-    runtime = Runtime.select()
-    probs = predict_probabilities(model, torch.from_numpy(pixels), 64, runtime, spec.probabilities, tta).numpy()
-    probs = probs.astype(np.float64)
+    thresholds = scoring.thresholds
+    probs = score_images(model, spec, pixels, scoring.batch_size, scoring.tta, scoring.runtime)
     preds = spec.decide(probs, thresholds)
     if spec.multilabel:
-        scores = multilabel_scores(labels, probs, spec.classes, [thresholds.get(c) or 0.5 for c in spec.classes])
+        cuts = [thresholds.get(c) or DEFAULT_THRESHOLD for c in spec.classes]
+        scores = multilabel_scores(labels, probs, spec.classes, cuts)
     else:
         scores = classification_scores(labels, probs, spec.classes, preds)
         names = np.asarray(spec.classes)
-        live.log_sklearn_plot(
-            "confusion_matrix", names[labels].tolist(), names[preds].tolist(), name=f"confusion/{name}.json"
-        )
+        log.confusion(names[labels].tolist(), names[preds].tolist(), name=f"confusion/{name}.json")
     for i in screened_classes(spec.classes, spec.multilabel):
         truth = labels[:, i] > 0 if spec.multilabel else labels == i
         if 0 < truth.sum() < len(truth):
             cls = spec.classes[i]
-            log_curve(live, "roc", truth.astype(int), probs[:, i], f"roc/{name}/{cls}.json", f"{name}: {cls}")
+            log.curve("roc", truth.astype(int), probs[:, i], f"roc/{name}/{cls}.json", f"{name}: {cls}")
     scores.update({"folder": str(folder), "leaks_excluded": int(sum(leak)), "unreadable": len(problems)})
     return scores
 
 
 def validate_externally(params, model_path: Path, metrics: Path, raw_dir: Path, out: Path, live_dir: Path) -> dict:
     """Score every set of `evaluate.external`; write and return metrics/external.json (keyed by set)."""
-    from cxr.atomic import write_json
-    from cxr.evaluate.run import load_decision_thresholds
-    from cxr.model.checkpoint import load_checkpoint
-
     sets = params.evaluate.external
     results: dict = {}
     if sets:
         model, spec, _ = load_checkpoint(model_path)
-        Runtime.select().prepare_model(model)
+        runtime = Runtime.select()
+        runtime.prepare_model(model)
         thresholds, tta = load_decision_thresholds(metrics, model_path)
         if thresholds is None:
             raise DatasetError(f"{metrics}: not written for {model_path}; run `dvc repro evaluate` first")
+        scoring = Scoring(thresholds, tta, params.evaluate.batch_size, runtime)
         training = TrainingImages.read(raw_dir, params.verify.near_duplicate_bits, params.verify.max_pixels)
-        with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        with plot_log(live_dir) as log:
             for name, folder in sets.items():
-                results[name] = score_set(name, Path(folder), model, spec, thresholds, tta, training, live)
-        (Path(live_dir) / "metrics.json").unlink(missing_ok=True)
+                results[name] = score_set(name, Path(folder), model, spec, scoring, training, log)
     else:  # the stage's output folder exists either way, its plot folders hold an empty valid file
         Path(live_dir).mkdir(parents=True, exist_ok=True)
         (Path(live_dir) / "README").write_text("evaluate.external is empty: no external sets were scored\n")

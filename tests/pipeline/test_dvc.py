@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, tiny_params_dict
-from tests.test_dependencies import stage_code
+from tests.core.test_dependencies import stage_code
 
 pytestmark = pytest.mark.slow
 

@@ -45,6 +45,7 @@ def store(demo_root, tmp_path):
     return decoded
 
 
+@pytest.mark.slow
 def test_a_killed_cross_validation_resumes_at_its_fold_with_the_same_result(demo_root, store, tmp_path, monkeypatch):
     def cv(params, name, kept):
         return crossval.cross_validate(params, demo_root, store, tmp_path / name, tmp_path / f"{name}.json", kept)

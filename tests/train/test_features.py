@@ -168,6 +168,7 @@ def test_augmented_training_runs_the_full_model(tmp_path, demo_root, capsys):
     assert "nothing to cache" in out
 
 
+@pytest.mark.slow
 def test_low_memory_switches_the_allocator_before_training(tmp_path, demo_root, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(train_run, "release_large_blocks", lambda: calls.append(True) or True)

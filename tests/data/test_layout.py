@@ -15,7 +15,7 @@ from cxr.data.demo import write_demo_dataset
 from cxr.data.verify import verify_splits
 from cxr.evaluate.run import evaluate
 from tests.conftest import tiny_params_dict, train_on
-from tests.test_sources import in_tmp, server  # noqa: F401 - fixtures
+from tests.data.test_sources import in_tmp, server  # noqa: F401 - fixtures
 
 CLASSES = ("covid", "pneumonia", "normal")
 

@@ -15,7 +15,7 @@ from cxr.data.demo import write_demo_dataset
 from cxr.train.features import cache_features
 from stages.decode import decode
 from tests.conftest import REPO, tiny_params_dict, train_on
-from tests.test_fast_paths import _test_scores
+from tests.train.test_features import _test_scores
 
 # Per-process BatchNorm statistics (each process sees half of every batch) and float rounding
 # are the only differences from one process, so the scores agree closely but not bit for bit.
@@ -32,6 +32,7 @@ def _params(**train) -> dict:
     return raw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze", ["none", "backbone"])
 def test_two_processes_reach_the_metrics_of_one(tmp_path, freeze):
     raw = _params(freeze=freeze)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -18,7 +16,6 @@ from cxr.model.networks import Head, build_model, freeze, head_name, train_mode
 from cxr.train import run as train_run
 from cxr.train.loop import NonFiniteLossError
 from cxr.train.optim import make_optimizer, make_schedule
-from cxr.train.state import ResumeError
 from tests.conftest import tiny_params_dict, train_on
 
 BN = nn.modules.batchnorm._BatchNorm
@@ -219,38 +216,5 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_last_good(tmp_path
     assert torch.load(tmp_path / "nan/models/last.pt", weights_only=True)["epoch"] == 1
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tmp_path, demo_root, monkeypatch):
-    params = {"epochs": 4, "head": {"hidden": [16], "dropout": 0.3, "activation": "relu", "keep_classifier": False}}
-    full, best_full = _run(tmp_path, demo_root, monkeypatch, "full", **params)
-
-    real_epoch = train_run.train_epoch
-
-    def interrupted(*args, **kwargs):
-        if kwargs["epoch"] == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_run, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, demo_root, monkeypatch, "resumed", **params)
-    assert torch.load(tmp_path / "resumed/models/last.pt", weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(train_run, "train_epoch", real_epoch)
-    resumed, best_resumed = _run(tmp_path, demo_root, monkeypatch, "resumed", resume=True, **params)
-
-    assert best_resumed == best_full
-    a = torch.load(full / "models/model.pt", weights_only=True)["model"]
-    b = torch.load(resumed / "models/model.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    for tsv in ("train/loss.tsv", "val/f1.tsv", "lr.tsv"):
-        path = f"metrics/train/plots/metrics/{tsv}"
-        assert (full / path).read_text() == (resumed / path).read_text(), tsv
-    assert json.loads((full / "metrics/train/metrics.json").read_text()) == json.loads(
-        (resumed / "metrics/train/metrics.json").read_text()
-    )
 
 
-def test_resume_refuses_a_checkpoint_from_other_params(tmp_path, demo_root, monkeypatch):
-    _run(tmp_path, demo_root, monkeypatch, "run", epochs=1)
-    refused = r"last.pt \(after epoch 1\) differs in train.epochs 1 -> 2, train.lr \S+ -> 0.05"
-    with pytest.raises(ResumeError, match=refused):
-        _run(tmp_path, demo_root, monkeypatch, "run", epochs=2, lr=0.05, resume=True)

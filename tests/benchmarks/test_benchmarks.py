@@ -38,6 +38,7 @@ def test_throughput_benchmark_reports_every_key(tmp_path, capsys):
     assert (tmp_path / "png64-4-3" / ".complete").is_file()  # generated data is reused by the next run
 
 
+@pytest.mark.slow
 def test_memory_benchmark_measures_a_child_process(tmp_path):
     result = memory.main(
         ["--images", "40", "--image-size", "32", "--steps", "2", "--batch-size", "4", "--data", str(tmp_path)]

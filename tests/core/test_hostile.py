@@ -142,6 +142,7 @@ def test_a_last_batch_of_one_image_is_left_out_not_a_crash(tmp_path, demo_root, 
     assert best["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_16_bit_png_bomb_by_name_under_a_memory_bound(tmp_path, demo_root, monkeypatch):
     import subprocess
     import sys
@@ -191,50 +192,8 @@ def test_what_a_killed_extraction_left_is_removed_and_ignored_by_git(tmp_path):
     assert ignored.returncode == 0
 
 
-def test_a_killed_checkpoint_write_is_ignored_by_git_and_removed_by_the_next_one(tmp_path):
-    """A trainer killed inside torch.save leaves a partial temp file (134 MB for VGG16's training
-    state); it is named by its dead owner, so git ignores it and the next save removes it."""
-    import subprocess
-    import sys
-
-    from cxr.atomic import atomic_path, write_text
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    partial = tmp_path / f".last.pt.pid{int(dead.stdout)}.k3x.tmp"
-    partial.write_bytes(b"half a checkpoint")
-    other = tmp_path / f".model.pt.pid{int(dead.stdout)}.k3x.tmp"  # another file's: left to its own writer
-    other.write_bytes(b"half")
-    with atomic_path(tmp_path / "last.pt") as tmp:
-        assert tmp.name.startswith(f".last.pt.pid{os.getpid()}.")
-        tmp.write_bytes(b"state")
-    assert not partial.exists() and other.exists() and (tmp_path / "last.pt").read_bytes() == b"state"
-    write_text(tmp_path / "model.pt", "x")
-    assert not other.exists()
-    ignored = subprocess.run(["git", "check-ignore", "-q", "models/.last.pt.pid123.k3x.tmp"], cwd=REPO_ROOT)
-    assert ignored.returncode == 0
 
 
-def test_a_kill_while_relinking_the_shadow_leaves_the_old_shadow(tmp_path, monkeypatch):
-    """The training state's second name is replaced by rename: killed between the two steps, the
-    old name still holds the previous state (an unlink first would leave none to resume from)."""
-    from cxr.atomic import link_or_copy
-
-    (tmp_path / "last.pt").write_bytes(b"epoch 2")
-    link_or_copy(tmp_path / "last.pt", tmp_path / ".last.resume.pt")
-    (tmp_path / "new").write_bytes(b"epoch 3")
-    os.replace(tmp_path / "new", tmp_path / "last.pt")
-
-    def killed(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "link", killed)
-    with pytest.raises(KeyboardInterrupt):
-        link_or_copy(tmp_path / "last.pt", tmp_path / ".last.resume.pt")
-    assert (tmp_path / ".last.resume.pt").read_bytes() == b"epoch 2"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".last.resume.pt", "last.pt"]
-    monkeypatch.undo()
-    link_or_copy(tmp_path / "last.pt", tmp_path / ".last.resume.pt")
-    assert (tmp_path / ".last.resume.pt").stat().st_ino == (tmp_path / "last.pt").stat().st_ino
 
 
 def test_binary_task_with_three_classes_is_refused(tmp_path):
@@ -327,56 +286,10 @@ def test_a_trainer_started_through_sh_dies_with_dvc_not_with_a_terminal(tmp_path
             os.kill(trainer, signal.SIGKILL)
 
 
-def _interrupted_at_epoch_3(tmp_path, demo_root, monkeypatch):
-    """A 4-epoch run whose validation F1 only falls after epoch 1, killed during epoch 3."""
-    from cxr.train import run as run_module
-
-    real_eval, real_train, calls = run_module.evaluate_epoch, run_module.train_epoch, {"n": 0}
-
-    def falling(*args, **kwargs):
-        calls["n"] += 1
-        result = real_eval(*args, **kwargs)
-        result.f1 = 1.0 / calls["n"]  # the best epoch is the first
-        return result
-
-    def killed(*args, **kwargs):
-        if kwargs["epoch"] == 3:
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(run_module, "evaluate_epoch", falling)
-    monkeypatch.setattr(run_module, "train_epoch", killed)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(KeyboardInterrupt):
-        train_on(parse_params(tiny_params_dict(epochs=4)), demo_root, tmp_path)
-    monkeypatch.setattr(run_module, "train_epoch", real_train)
-    return torch.load(tmp_path / "models/model.pt", weights_only=True)
 
 
-def test_resume_keeps_the_best_model_that_dvc_removed(tmp_path, demo_root, monkeypatch):
-    best_before = _interrupted_at_epoch_3(tmp_path, demo_root, monkeypatch)
-    assert best_before["epoch"] == 1
-    (tmp_path / "models/model.pt").unlink()  # what `dvc repro` does to a non-persistent output
-    train_on(parse_params(tiny_params_dict(epochs=4, resume=True)), demo_root, tmp_path)
-    after = torch.load(tmp_path / "models/model.pt", weights_only=True)
-    assert after["epoch"] == 1 and all(torch.equal(after["model"][k], best_before["model"][k]) for k in after["model"])
 
 
-def test_resume_continues_the_interrupted_state_when_last_pt_was_replaced(tmp_path, demo_root, monkeypatch, capsys):
-    from cxr.train.state import shadow_of
-
-    _interrupted_at_epoch_3(tmp_path, demo_root, monkeypatch)
-    last = tmp_path / "models/last.pt"
-    state = torch.load(last, weights_only=True)
-    assert state["epoch"] == 2 and shadow_of(last).is_file()
-    state["epoch"] = 0  # `dvc exp run` checked out an older (committed) last.pt over the interrupted one
-    last.unlink()
-    torch.save(state, last)
-    train_on(parse_params(tiny_params_dict(epochs=4, resume=True)), demo_root, tmp_path)
-    assert "resuming from" in capsys.readouterr().out
-    assert torch.load(last, weights_only=True)["epoch"] == 4
-    losses = (tmp_path / "metrics/train/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
-    assert [int(row.split("\t")[0]) for row in losses] == [0, 1, 2, 3]  # steps in order, none repeated
 
 
 def test_a_zip_bomb_is_refused_before_it_expands(tmp_path):
@@ -439,19 +352,6 @@ def test_a_bad_image_in_unsplit_data_follows_verify_on_corrupt(tmp_path, demo_ro
     assert "broken.png" in (tmp_path / "d.json").read_text()
 
 
-def test_resume_drops_the_curve_rows_of_an_epoch_the_state_does_not_hold(tmp_path):
-    """Finding 8's other half: killed after dvclive wrote epoch 4's rows but before the state was
-    saved, the resumed run repeats epoch 4; its earlier rows go, so no step appears twice."""
-    from cxr.train.log import trim_curves
-
-    curve = tmp_path / "live/plots/metrics/val/f1.tsv"
-    curve.parent.mkdir(parents=True)
-    curve.write_text("step\tf1\n0\t0.5\n1\t0.6\n2\t0.7\n3\t0.1\n")
-    untouched = tmp_path / "live/plots/metrics/lr.tsv"
-    untouched.write_text("step\tlr\n0\t0.1\n1\t0.1\n2\t0.1\n")
-    trim_curves(tmp_path / "live", 3)
-    assert curve.read_text() == "step\tf1\n0\t0.5\n1\t0.6\n2\t0.7\n"
-    assert untouched.read_text() == "step\tlr\n0\t0.1\n1\t0.1\n2\t0.1\n"
 
 
 def test_a_root_labels_csv_in_a_pinned_archive_cannot_reach_outside_it(tmp_path, demo_root, monkeypatch):
@@ -462,7 +362,7 @@ def test_a_root_labels_csv_in_a_pinned_archive_cannot_reach_outside_it(tmp_path,
     import threading
     import zipfile
 
-    from tests.test_sources import ArchiveServer, _url_params
+    from tests.data.test_sources import ArchiveServer, _url_params
 
     secret = tmp_path / "x" / "secret.txt"
     secret.parent.mkdir()
@@ -474,7 +374,7 @@ def test_a_root_labels_csv_in_a_pinned_archive_cannot_reach_outside_it(tmp_path,
         for path in sorted(folder.rglob("*")):
             zf.write(path, f"set/{path.relative_to(folder).as_posix()}")
     body = buffer.getvalue()
-    http = ArchiveServer()  # tests/test_sources.py's local HTTP server on 127.0.0.1
+    http = ArchiveServer()  # tests/data/test_sources.py's local HTTP server on 127.0.0.1
     threading.Thread(target=http.serve_forever, daemon=True).start()
     http.files["set.zip"] = body
     monkeypatch.chdir(tmp_path)

@@ -237,6 +237,7 @@ _LAUNCHER = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("under_dvc", [True, False])
 def test_a_trainer_started_through_sh_dies_with_dvc_not_with_a_terminal(tmp_path, under_dvc):
     """Issue 14, finding 8, as CI runs it: with SHELL unset dvc runs a stage as `/bin/sh -c CMD` and dash

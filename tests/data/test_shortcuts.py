@@ -53,6 +53,7 @@ def test_border_fraction_measures_letterbox_bars():
     assert border_fraction(gray) == pytest.approx(16 / 64)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/real-xray-train is absent")
 def test_the_shared_real_set_is_separable_by_its_sources(tmp_path):
     rows = list(csv.DictReader((SHARED / "MANIFEST.csv").open()))

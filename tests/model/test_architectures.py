@@ -29,7 +29,11 @@ def demo(tmp_path_factory):
     return raw, root
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# the course's two architectures in the fast loop, every other family in the slow suite
+COURSE_ARCHS = ("resnet18", "vgg16")
+
+
+@pytest.mark.parametrize("arch", [a if a in COURSE_ARCHS else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
 def test_every_arch_trains_an_epoch_and_explains_its_decisions(arch, demo, tmp_path, monkeypatch):
     raw, root = demo
     params = parse_params({**raw, "train": {**raw["train"], "arch": arch}})

@@ -79,6 +79,7 @@ def test_freeze_entry_that_matches_nothing_is_named():
         freeze(build_model("vgg16", 2, [], 0.0, 32), [1])
 
 
+@pytest.mark.slow
 def test_vgg_keep_classifier_replaces_only_the_last_layer(tmp_path):
     torch.manual_seed(3)
     source = get_model("vgg16")

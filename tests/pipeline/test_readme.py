@@ -39,3 +39,12 @@ def test_every_param_is_documented():
 
     undocumented = [key for key in leaves(params) if key.rsplit(".", 1)[-1] not in table]
     assert undocumented == [], f"params.yaml keys missing from docs/parameters.md: {undocumented}"
+
+
+def test_the_readme_map_names_every_module_and_stays_short():
+    text = (REPO / "README.md").read_text()
+    layout = text[text.index("## Layout") : text.index("## What the pipeline does")]
+    modules = sorted(p for p in (REPO / "cxr").rglob("*.py") if p.name != "__init__.py")
+    missing = [str(p.relative_to(REPO)) for p in modules if p.name not in layout]
+    assert not missing, f"README's Layout map does not name {missing}"
+    assert len(text.splitlines()) < 300, "README over 300 lines: move long tables to docs/"

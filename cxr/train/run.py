@@ -100,14 +100,14 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
     return run
 
 
-def restore(run: Run, last_path: Path) -> tuple[int, dict | None]:
+def restore(run: Run, last_path: Path, signature: dict) -> tuple[int, dict | None]:
     """(finished epochs, best scores) of an interrupted run when train.resume asks for it; else (0, None)."""
     if not run.params.train.resume:
         return 0, None
     if not last_path.is_file() and not shadow_of(last_path).is_file():
         run.say(f"train: train.resume is set but {last_path} does not exist; starting at epoch 1")
         return 0, None
-    start, best = restore_training_state(last_path, run, run_signature(run.params, run.spec.classes))
+    start, best = restore_training_state(last_path, run, signature)
     run.say(f"train: resuming from {last_path} after epoch {start}")
     return start, best
 
@@ -210,10 +210,10 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
     if params.train.low_memory and release_large_blocks() and dist.is_main:
         print("train: train.low_memory: allocations over 8 MiB are returned to the system when freed")
     run = build_run(params, store_dir, features_dir, dist)
-    start, best = restore(run, last_path)
+    signature = run_signature(params, run.spec.classes)
+    start, best = restore(run, last_path, signature)
     keep_best_model(run, model_path, best)
     run.say(describe(run))
-    signature = run_signature(params, run.spec.classes)
     with run_log(live_dir, start, enabled=dist.is_main) as log:
         log.value("trainable_params", run.trainable)
         for epoch in progress(range(start, params.train.epochs), desc="epochs", unit="epoch", initial=start,

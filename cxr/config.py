@@ -35,7 +35,7 @@ ARCHS = (
 )
 # Keys that change how a run executes, never its results: not params deps of any stage in dvc.yaml
 # (changing one reruns nothing; tests/test_dependencies.py checks it) nor part of a resumed run's signature.
-RUNTIME_KEYS = ("train.compile", "train.low_memory", "train.nproc", "train.resume")
+RUNTIME_KEYS = ("train.compile", "train.finite_check_every", "train.low_memory", "train.nproc", "train.resume")
 
 TASK_CLASSES = {
     "binary": ("infected", "normal"),
@@ -209,6 +209,7 @@ class TrainConfig(_Section):
     epochs: PositiveInt
     precision: Literal["auto", "fp32", "bf16"]
     compile: bool
+    finite_check_every: PositiveInt
     low_memory: bool
     nproc: Annotated[int, Field(ge=1, le=1024)]
     resume: bool

@@ -82,16 +82,30 @@ class Runtime:
         model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-    def images(self, batch: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """uint8 images (B, 1 or 3, H, W) on the CPU -> standardised 3-channel float input on the
-        device (a one-channel radiograph is repeated into the three channels the networks take)."""
-        x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A CPU batch (pinned where it can be) on the device, as it is (uint8 images stay uint8)."""
+        return batch.to(self.device, non_blocking=True)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Images on the device, uint8 or float in [0, 1] (B, 1 or 3, H, W) -> the standardised
+        3-channel float input the networks take (a one-channel radiograph is repeated into three).
+        Pure tensor arithmetic, so it compiles into the training step (train.compile)."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        if augment is not None:
-            x = augment(x)
         x = standardize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def unit(self, batch: torch.Tensor) -> torch.Tensor:
+        """A CPU uint8 batch on the device as float in [0, 1], ready to augment."""
+        return self.to_device(batch).float().div_(255.0)
+
+    def images(self, batch: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """uint8 images (B, 1 or 3, H, W) on the CPU -> standardised 3-channel float input on the
+        device, augmented first where `augment` is given."""
+        x = augment(self.unit(batch)) if augment is not None else self.to_device(batch)
+        return self.normalise(x)
 
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """Cached feature rows: only moved to the device."""
@@ -104,40 +118,46 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Itera
     yield from order.split(batch_size)
 
 
-def prefetched(inputs, order: list[torch.Tensor], pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(indices, CPU batch) pairs, each batch read (and pinned, for CUDA) in a background thread
-    while the one before it computes: `pread` and pinning release the GIL."""
+def prefetched(inputs, order: list[torch.Tensor], pin: bool, labels: torch.Tensor | None = None) -> Iterator[tuple]:
+    """(indices, CPU batch) pairs, or (indices, CPU batch, its labels) with `labels`, each read (and
+    pinned, for CUDA, so the copy to the device does not wait) in a background thread while the one
+    before it computes: `pread` and pinning release the GIL."""
     if not order:
         return
 
-    def load(idx: torch.Tensor) -> torch.Tensor:
-        batch = inputs[idx]
-        return batch.pin_memory() if pin else batch
+    def load(idx: torch.Tensor) -> tuple:
+        parts = (inputs[idx],) if labels is None else (inputs[idx], labels[idx])
+        return tuple(part.pin_memory() if pin else part for part in parts)
 
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(load, order[0])
         for i, idx in enumerate(order):
-            batch = pending.result()
+            parts = pending.result()
             if i + 1 < len(order):
                 pending = pool.submit(load, order[i + 1])
-            yield idx, batch
+            yield (idx, *parts)
 
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, inputs, batch_size: int, runtime: Runtime, prepare: Callable | None = None
+    model: nn.Module, inputs, batch_size: int, runtime: Runtime, prepare: Callable | None = None, compile: bool = False
 ) -> torch.Tensor:
     """Logits for every input, in order, with the model in eval mode (float32, on the CPU).
 
-    `inputs[idx]` gives CPU batches; `prepare` defaults to `runtime.images` (uint8 images).
+    `inputs[idx]` gives CPU batches; without `prepare` they are uint8 images, copied to the device as
+    they are and normalised inside the forward function, which `compile` compiles as one graph.
     """
     model.eval()
-    prepare = prepare or runtime.images
+    if prepare is None:
+        prepare, forward = runtime.to_device, lambda x: model(runtime.normalise(x))
+    else:
+        forward = model
+    forward = torch.compile(forward) if compile else forward
     out = []
     order = list(batches(len(inputs), batch_size, None))
     for _, batch in prefetched(inputs, order, runtime.device.type == "cuda"):
         with runtime.autocast():
-            out.append(model(prepare(batch)).float())
+            out.append(forward(prepare(batch)).float())
     return torch.cat(out).cpu() if out else torch.empty(0)
 
 

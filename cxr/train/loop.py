@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import random
 import sys
@@ -61,10 +62,12 @@ class Fit:
     """What the loops need, built once per run.
 
     `net` is what takes optimisation steps (the model, or its head alone on cached features;
-    wrapped in DistributedDataParallel or compiled where asked) and `model` the plain module
-    validation runs. `prepare` turns a CPU batch into the input on the device (augmenting it),
-    `prepare_eval` does the same without augmentation. `decide` turns logits into labels
-    (cxr.model.decisions). `scaler` scales fp16 losses and does nothing when disabled.
+    wrapped in DistributedDataParallel where asked) and `model` the plain module validation runs.
+    `prepare` turns a CPU batch into the input on the device (augmenting it), `normalise` turns that
+    into the network's input inside the step (compiled with it under `compile`), `prepare_eval`
+    does both without augmentation. `decide` turns logits into labels (cxr.model.decisions).
+    `scaler` scales fp16 losses and does nothing when disabled. `check_every`: steps between looks
+    at the device's non-finite-loss flags (train.finite_check_every).
     """
 
     net: nn.Module
@@ -79,11 +82,76 @@ class Fit:
     freeze_mode: str | list = "none"
     dist: Distributed = field(default_factory=Distributed)
     average: WeightAverage = field(default_factory=WeightAverage.off)  # train.ema
+    normalise: Callable[[torch.Tensor], torch.Tensor] = nn.Identity()
+    compile: bool = False
+    check_every: int = 1
+
+    def __post_init__(self):
+        # the whole forward step (input conversion, normalisation, network, loss) as one function,
+        # compiled as one graph where asked; backward and the optimizer run outside it
+        self.forward = torch.compile(self._forward) if self.compile else self._forward
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.runtime.autocast():
+            logits = self.net(self.normalise(x))
+            loss = self.loss_fn(logits.float(), y)
+        return loss, logits
 
     @property
     def scored(self) -> nn.Module:
         """What validation scores and the checkpoint keeps: the weight average, or the trained model."""
         return self.average.module(self.model)
+
+
+class FiniteGuard:
+    """Non-finite losses found without waiting for the device every batch: each step's flag stays
+    on the device and is looked at every `fit.check_every` steps and at the epoch's end. A bad one
+    restores the weights, optimizer, average and scaler state of the last good look, and the error
+    names the first bad batch."""
+
+    def __init__(self, fit: Fit):
+        self.fit = fit
+        self.losses: list[torch.Tensor] = []  # since the last good look, on the device
+        self.good_batches = 0  # batches finished at the last good look
+        self.good = self._snapshot()
+
+    def _snapshot(self) -> dict:
+        fit = self.fit
+        return {
+            "model": {k: v.detach().clone() for k, v in fit.model.state_dict().items()},
+            "optimizer": copy.deepcopy(fit.optimizer.state_dict()),
+            "average": copy.deepcopy(fit.average.state_dict()),
+            "scaler": fit.scaler.state_dict(),
+        }
+
+    def _restore(self) -> None:
+        fit = self.fit
+        fit.model.load_state_dict(self.good["model"])
+        fit.optimizer.load_state_dict(self.good["optimizer"])
+        fit.average.load_state_dict(self.good["average"])
+        if self.good["scaler"]:
+            fit.scaler.load_state_dict(self.good["scaler"])
+
+    def record(self, loss: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        if len(self.losses) >= self.fit.check_every:
+            self.check()
+
+    def check(self) -> None:
+        """Look at the flags (one wait for the device); raise NonFiniteLossError on a bad loss."""
+        if not self.losses:
+            return
+        losses = torch.stack(self.losses)
+        bad = ~torch.isfinite(losses)
+        if bad.any():
+            first = int(bad.nonzero()[0, 0])
+            self._restore()
+            raise NonFiniteLossError(
+                f"loss is {losses[first].item()}", self.good_batches + first + 1, self.good_batches
+            )
+        self.good_batches += len(self.losses)
+        self.losses = []
+        self.good = self._snapshot()
 
 
 def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray) -> EpochResult:
@@ -97,12 +165,8 @@ def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray) -> EpochRe
 
 
 def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step; returns (loss, logits), raising on a non-finite loss before the update."""
-    with fit.runtime.autocast():
-        logits = fit.net(x)
-        loss = fit.loss_fn(logits.float(), y)
-    if not torch.isfinite(loss):  # the one wait for the device per batch
-        raise NonFiniteLossError(f"loss is {loss.item()}")
+    """One optimisation step; returns (loss, logits) without waiting for the device."""
+    loss, logits = fit.forward(x, y)
     fit.optimizer.zero_grad(set_to_none=True)
     fit.scaler.scale(loss).backward()
     fit.scaler.step(fit.optimizer)
@@ -115,7 +179,8 @@ def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generat
     """One pass over the training inputs in a seeded random order; returns an EpochResult.
 
     `inputs[idx]` gives a CPU batch (uint8 images from the store, or cached features). Raises
-    NonFiniteLossError naming the epoch and batch when the loss is NaN or infinite. Under
+    NonFiniteLossError naming the epoch and the first bad batch when the loss is NaN or infinite
+    (found within `fit.check_every` batches; the state of the last good look is restored). Under
     `fit.dist`, each process trains on its share of every batch (a batch smaller than the number
     of processes is left out) and the returned scores cover all processes.
     """
@@ -124,22 +189,25 @@ def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generat
     loss_sums, seen_labels, seen_preds = [], [], []
     # a last batch leaving a process one image is left out: BatchNorm cannot train on one value per channel
     order = [dist.share(b) for b in batches(len(labels), batch_size, generator) if len(b) >= 2 * dist.world]
-    loader = prefetched(inputs, order, pin=runtime.device.type == "cuda")
-    quiet = not dist.is_main
-    bar = progress(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet)
-    for batch, (idx, cpu_batch) in enumerate(bar, start=1):
-        y = labels[idx].to(runtime.device, non_blocking=True)
-        try:
+    loader = prefetched(inputs, order, pin=runtime.device.type == "cuda", labels=labels)
+    bar = progress(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not dist.is_main)
+    guard = FiniteGuard(fit)
+    try:
+        for idx, cpu_batch, cpu_labels in bar:
+            y = runtime.to_device(cpu_labels)
             loss, logits = _step(fit, fit.prepare(cpu_batch), y)
-        except NonFiniteLossError as exc:
-            lr = fit.optimizer.param_groups[0]["lr"]
-            raise NonFiniteLossError(
-                f"train: {exc} at epoch {epoch}, batch {batch}/{len(order)} (lr {lr:g}); "
-                f"training stopped. Lower train.lr (e.g. to {lr / 10:g}) and run again."
-            ) from None
-        loss_sums.append(loss.detach() * len(idx))  # stays on the device until the epoch ends
-        seen_labels.append(y)
-        seen_preds.append(fit.decide(logits.detach().float()))
+            guard.record(loss)
+            loss_sums.append(loss.detach() * len(idx))  # stays on the device until the epoch ends
+            seen_labels.append(y)
+            seen_preds.append(fit.decide(logits.detach().float()))
+        guard.check()
+    except NonFiniteLossError as exc:
+        what, first, restored = exc.args
+        lr = fit.optimizer.param_groups[0]["lr"]
+        raise NonFiniteLossError(
+            f"train: {what} at epoch {epoch}, batch {first}/{len(order)} (lr {lr:g}); training stopped "
+            f"(the weights after batch {restored} restored). Lower train.lr (e.g. to {lr / 10:g}) and run again."
+        ) from None
     loss_sum = np.array([torch.stack(loss_sums).sum().item() if loss_sums else 0.0])
     seen = (loss_sum, torch.cat(seen_labels).cpu().numpy(), torch.cat(seen_preds).cpu().numpy())
     loss_sum, all_labels, all_preds = dist.concat_arrays(*seen) if dist.active else seen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 
 import torch
@@ -9,13 +10,21 @@ import torch
 from cxr.config import ScheduleConfig, TrainConfig
 from cxr.errors import ConfigError
 
+# name -> (optimizer class, its settings from the train params)
 OPTIMIZERS = {
-    "sgd": lambda params, c: torch.optim.SGD(
-        params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
-    ),
-    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": (torch.optim.SGD, lambda c: dict(momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)),
+    "adam": (torch.optim.Adam, lambda c: {"weight_decay": c.weight_decay}),
+    "adamw": (torch.optim.AdamW, lambda c: {"weight_decay": c.weight_decay}),
 }
+
+
+def fused_where_possible(optimizer: type[torch.optim.Optimizer], params: list[torch.nn.Parameter]) -> dict:
+    """`fused=True` (one kernel for the whole update) where every parameter is on a CUDA device and
+    this torch's optimizer has it; nothing on the CPU, where the result must stay as it was."""
+    has_fused = "fused" in inspect.signature(optimizer).parameters
+    on_cuda = bool(params) and all(p.is_cuda for p in params)
+    return {"fused": True} if has_fused and on_cuda else {}
+
 
 # Schedules step once per epoch. `step` multiplies the lr by `factor` at each milestone epoch,
 # so factor 10 with milestones [3] expresses "1e-4, then 1e-3 from epoch 4 on".
@@ -27,7 +36,9 @@ SCHEDULES = {
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.optimizer](list(params), cfg)
+    params = list(params)
+    kind, settings = OPTIMIZERS[cfg.optimizer]
+    return kind(params, lr=cfg.lr, **settings(cfg), **fused_where_possible(kind, params))
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, epochs: int):

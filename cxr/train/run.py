@@ -54,7 +54,8 @@ def _inputs(params: Params, store_dir: Path, features_dir: Path, model, runtime:
         note = f"cached features from {features_dir} ({why}): the backbone ran once, not every epoch"
         return data, None, note
     augment = functools.partial(augment_batch, cfg=cfg.augment, generator=generator)
-    prepare = functools.partial(runtime.images, augment=augment if is_active(cfg.augment) else None)
+    # on the device as uint8 (normalised inside the step), or as [0, 1] floats augmented first
+    prepare = (lambda batch: augment(runtime.unit(batch))) if is_active(cfg.augment) else runtime.to_device
     data = {name: (stores[name], labels[name]) for name in stores}
     return data, prepare, f"full forward pass per batch ({why})"
 
@@ -82,7 +83,7 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
     step_net = dist.wrap(net)  # DistributedDataParallel under torchrun: gradients averaged over processes
     optimizer = make_optimizer((p for p in model.parameters() if p.requires_grad), cfg)
     fit = Fit(
-        net=torch.compile(step_net) if cfg.compile else step_net,
+        net=step_net,
         model=net,
         optimizer=optimizer,
         loss_fn=make_loss(cfg.loss, len(classes), cfg.focal.alpha, cfg.focal.gamma, cfg.label_smoothing, weights),
@@ -94,6 +95,9 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
         freeze_mode="none" if cached else cfg.freeze,
         dist=dist,
         average=WeightAverage(net, cfg.ema),
+        normalise=torch.nn.Identity() if cached else runtime.normalise,
+        compile=cfg.compile,
+        check_every=cfg.finite_check_every,
     )
     run = Run(params, spec, model, fit, make_schedule(optimizer, cfg.schedule, cfg.epochs), generator, data, trainable)
     run.say(f"train: {note}")

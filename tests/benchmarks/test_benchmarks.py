@@ -51,9 +51,16 @@ def test_memory_benchmark_measures_a_child_process(tmp_path):
         assert run["peak_kib"] >= run["rss_before_training_kib"] > 0 and run["peak_anon_kib"] > 0
 
 
-def test_train_speed_benchmark_times_both_settings():
+def test_train_speed_benchmark_compares_the_pipeline_with_plain_steps(capsys):
     result = train_speed.main(
-        ["--archs", "resnet18", "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1"]
-    )
-    assert set(result["resnet18"]) == {"fp32", "channels_last + fp32", "model_only"}
-    assert all(rate > 0 for rate in result["resnet18"].values())
+        ["--archs", "resnet18", "--image-size", "32", "--batch-size", "4", "8", "--eval-batch-size", "8",
+         "--steps", "2", "--warmup", "1", "--check-every", "2"]
+    )  # fmt: skip
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert set(result["runs"]) == {"resnet18@4", "resnet18@8"} and result["torch"] and result["device"]
+    for figures in result["runs"].values():
+        rates = {k: v for k, v in figures.items() if not k.endswith("ratio")}
+        assert set(rates) == {"plain_eager", "pipeline_eager", "plain_scoring_eager", "pipeline_scoring_eager"}
+        assert all(rate > 0 for rate in rates.values())
+        assert figures["train_ratio"] == round(figures["pipeline_eager"] / figures["plain_eager"], 3)
+        assert figures["scoring_ratio"] == round(figures["pipeline_scoring_eager"] / figures["plain_scoring_eager"], 3)

@@ -120,10 +120,9 @@ def pipeline_scoring(arch: str, runtime: Runtime, args, compiled: bool) -> float
     batch = args.eval_batch_size
     images = torch.randint(0, 256, (batch * max(args.steps, args.warmup), 1, args.image_size, args.image_size),
                            dtype=torch.uint8)  # fmt: skip
-    forward = torch.compile(model) if compiled else model  # compiled once, as a stage would hold it
 
     def score(count: int) -> None:
-        predict_logits(forward, images[: count * batch], batch, runtime)
+        predict_logits(model, images[: count * batch], batch, runtime, compile=compiled)
 
     return _rate(score, runtime.device, batch, args.steps, args.warmup)
 

@@ -118,21 +118,37 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Itera
     yield from order.split(batch_size)
 
 
-def prefetched(inputs, order: list[torch.Tensor], pin: bool, labels: torch.Tensor | None = None) -> Iterator[tuple]:
-    """(indices, CPU batch) pairs, or (indices, CPU batch, its labels) with `labels`, each read (and
-    pinned, for CUDA, so the copy to the device does not wait) in a background thread while the one
-    before it computes: `pread` and pinning release the GIL."""
+def prefetched(
+    inputs, order: list[torch.Tensor], device: torch.device, labels: torch.Tensor | None = None
+) -> Iterator[tuple]:
+    """(indices, batch) pairs, or (indices, batch, its labels) with `labels`, each read in a
+    background thread while the one before it computes (`pread` and pinning release the GIL). On
+    CUDA the batch is pinned and copied to the device there too, on a stream of its own, so the
+    copy overlaps the previous batch's compute instead of queueing before it; elsewhere the batch
+    stays on the CPU."""
     if not order:
         return
+    copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def load(idx: torch.Tensor) -> tuple:
+    def load(idx: torch.Tensor) -> tuple[tuple, torch.cuda.Event | None]:
         parts = (inputs[idx],) if labels is None else (inputs[idx], labels[idx])
-        return tuple(part.pin_memory() if pin else part for part in parts)
+        if copy_stream is None:
+            return parts, None
+        with torch.cuda.stream(copy_stream):
+            parts = tuple(part.pin_memory().to(device, non_blocking=True) for part in parts)
+            done = torch.cuda.Event()
+            done.record(copy_stream)
+        return parts, done
 
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(load, order[0])
         for i, idx in enumerate(order):
-            parts = pending.result()
+            parts, done = pending.result()
+            if done is not None:  # compute waits for this copy only, on the device, not the host
+                stream = torch.cuda.current_stream(device)
+                stream.wait_event(done)
+                for part in parts:
+                    part.record_stream(stream)  # the allocator must not reuse it before compute is done
             if i + 1 < len(order):
                 pending = pool.submit(load, order[i + 1])
             yield (idx, *parts)
@@ -155,7 +171,7 @@ def predict_logits(
     forward = torch.compile(forward) if compile else forward
     out = []
     order = list(batches(len(inputs), batch_size, None))
-    for _, batch in prefetched(inputs, order, runtime.device.type == "cuda"):
+    for _, batch in prefetched(inputs, order, runtime.device):
         with runtime.autocast():
             out.append(forward(prepare(batch)).float())
     return torch.cat(out).cpu() if out else torch.empty(0)

@@ -189,7 +189,7 @@ def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generat
     loss_sums, seen_labels, seen_preds = [], [], []
     # a last batch leaving a process one image is left out: BatchNorm cannot train on one value per channel
     order = [dist.share(b) for b in batches(len(labels), batch_size, generator) if len(b) >= 2 * dist.world]
-    loader = prefetched(inputs, order, pin=runtime.device.type == "cuda", labels=labels)
+    loader = prefetched(inputs, order, runtime.device, labels=labels)
     bar = progress(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not dist.is_main)
     guard = FiniteGuard(fit)
     try:

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, nargs="+", default=[64, 256, 512], help="training batch sizes")
     parser.add_argument("--eval-batch-size", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=80, help="timed batches per setting (20 left the ratio to within ±6%%)")
+    parser.add_argument("--steps", type=int, default=80, help="timed batches per setting (20 varied by 6%%)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--check-every", type=int, default=25, help="train.finite_check_every")
     parser.add_argument("--compile", action="store_true", help="also time compiled plain and pipeline steps")

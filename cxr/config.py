@@ -109,12 +109,12 @@ class DataConfig(_Section):
     max_members: Annotated[int, Field(ge=1)]
     split: SplitConfig
     task: Literal["binary", "multiclass", "multilabel"]
-    folds: Annotated[int, Field(ge=0, le=50)]
+    folds: Annotated[int, Field(ge=0, le=50)] | Literal["source"]
     demo: DemoConfig
 
     @field_validator("folds")
     @classmethod
-    def _enough_folds(cls, value: int) -> int:
+    def _enough_folds(cls, value: int | str) -> int | str:
         if value in (1, 2):
             raise ValueError(
                 "k-fold cross-validation needs k >= 3 (a test fold, a validation fold, training folds); 0 = off"

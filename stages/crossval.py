@@ -19,15 +19,16 @@ def main() -> None:
     CV_DIR.mkdir(parents=True)
     result = cross_validate(params, RAW_DIR, DECODED_DIR, CV_DIR, CV_METRICS, CV_KEPT_DIR)
     write_json(CV_SUMMARY, cv_summary(result))
-    write_json(
-        CV_FOLDS_PLOT, [{"fold": f"fold {f['fold'] + 1}", **{k: f[k] for k in FOLD_METRICS}} for f in result["folds"]]
-    )
+    # one bar per fold, named by its source in leave-one-source-out
+    names = [f.get("source") or f"fold {f['fold'] + 1}" for f in result["folds"]]
+    rows = [{"fold": name, **{k: f[k] for k in FOLD_METRICS}} for name, f in zip(names, result["folds"], strict=True)]
+    write_json(CV_FOLDS_PLOT, rows)
     if not result["k"]:
         (CV_DIR / "README").write_text("data.folds is 0: cross-validation is off\n")
         print("crossval: data.folds is 0; nothing to do")
         return
     spread = ", ".join(f"{k} {result[f'{k}_mean']:.4f} +- {result[f'{k}_std']:.4f}" for k in FOLD_METRICS)
-    print(f"crossval: {result['k']} folds: {spread} -> {CV_METRICS}")
+    print(f"crossval: {result['k']} folds ({result['protocol']}): {spread} -> {CV_METRICS}")
 
 
 if __name__ == "__main__":

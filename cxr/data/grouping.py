@@ -99,13 +99,25 @@ def assign_splits(
 ) -> list[str]:
     """A split name per file: stratified by `strata`, seeded, and never separating files with
     identical pixels, near-identical ones (perceptual hash within `near_bits`) or one patient."""
-    group = image_groups(files, patients, grouping)
+    return split_groups(image_groups(files, patients, grouping), strata, val, test, seed)
+
+
+def split_groups(group: list[int], strata: list[str], val: float, test: float, seed: int) -> list[str]:
+    """A split name per file of already grouped files (`group[i]`: the index of its group's first
+    file): whole groups, `test` and `val` fractions of them per stratum, in a seeded order."""
     split_of_group = {}
     for members in _shuffled_groups(group, strata, seed):
         n_test, n_val = round(len(members) * test), round(len(members) * val)
         for i, root in enumerate(members):
             split_of_group[root] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return [split_of_group[g] for g in group]
+
+
+def regroup(group: list[int], members: list[int]) -> list[int]:
+    """`group` restricted to the files `members` (indices into it), renumbered so that each group id
+    is the position of its first member in `members`, as `image_groups` numbers them."""
+    first: dict[int, int] = {}
+    return [first.setdefault(group[j], i) for i, j in enumerate(members)]
 
 
 def assign_folds(group: list[int], strata: list[str], k: int, seed: int) -> list[int]:

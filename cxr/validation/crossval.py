@@ -11,8 +11,8 @@ import numpy as np
 
 from cxr.atomic import write_json
 from cxr.config import Params
-from cxr.data.grouping import Grouping, assign_folds, image_groups
-from cxr.data.splits import SPLITS, file_metadata
+from cxr.data.grouping import Grouping, assign_folds, image_groups, regroup, split_groups
+from cxr.data.splits import SPLITS, DatasetError, file_metadata
 from cxr.data.store import SplitStore, write_store
 from cxr.evaluate.run import evaluate
 from cxr.summaries import accuracy_key
@@ -22,6 +22,7 @@ from cxr.train.state import run_signature
 from cxr.validation.kept_folds import KeptFolds, code_digest, tree_digest
 
 FOLD_METRICS = ("accuracy", "f1_macro")
+DESCRIPTIVE = ("fold", "source", "classes", "untestable", "left_out_shared_groups", "n")  # named, not averaged
 CLASS_METRICS = ("sensitivity", "specificity")
 
 
@@ -46,20 +47,75 @@ class Pool:
             yield self.parts[k][[i]][0].numpy().tobytes()
 
 
-def folds_of(pool: Pool, raw_dir: Path, k: int, seed: int, near_bits: int) -> list[int]:
-    """The fold of every pooled image (cxr.data.grouping.assign_folds over patient/duplicate groups)."""
+def pool_metadata(pool: Pool, raw_dir: Path) -> list[dict[str, str]]:
+    """labels.csv's columns (patient_id, source, ...) of every pooled image; empty where absent."""
     meta: dict[Path, dict[str, str]] = {}
     for split in SPLITS:
         meta.update(file_metadata(raw_dir / split))
-    paths = [raw_dir / f for f in pool.files]
-    patients = [meta.get(p, {}).get("patient_id") or None for p in paths]
-    return assign_folds(image_groups(paths, patients, Grouping(near_bits)), pool.strata(), k, seed)
+    return [meta.get(raw_dir / f, {}) for f in pool.files]
 
 
-def write_fold_store(pool: Pool, fold_of: list[int], fold: int, k: int, out_dir: Path) -> dict[str, int]:
-    """A decoded store for one fold: test = fold, val = the next fold, train = the rest."""
-    role = {fold: "test", (fold + 1) % k: "val"}
-    members = {name: [j for j, f in enumerate(fold_of) if role.get(f, "train") == name] for name in SPLITS}
+def pool_groups(pool: Pool, raw_dir: Path, near_bits: int) -> list[int]:
+    """The group of every pooled image: one patient's films and identical or near-identical images."""
+    patients = [m.get("patient_id") or None for m in pool_metadata(pool, raw_dir)]
+    return image_groups([raw_dir / f for f in pool.files], patients, Grouping(near_bits))
+
+
+def kfold_members(group: list[int], strata: list[str], k: int, seed: int) -> list[dict[str, list[int]]]:
+    """Per fold i, the pooled images of each split: test = fold i, val = fold i + 1, train = the rest
+    (cxr.data.grouping.assign_folds over the groups, stratified by class)."""
+    fold_of = assign_folds(group, strata, k, seed)
+    out = []
+    for fold in range(k):
+        role = {fold: "test", (fold + 1) % k: "val"}
+        out.append({name: [j for j, f in enumerate(fold_of) if role.get(f, "train") == name] for name in SPLITS})
+    return out
+
+
+def source_members(pool: Pool, raw_dir: Path, group: list[int], params: Params) -> tuple[list[str], list, list]:
+    """Leave-one-source-out (`data.folds: source`): per source of labels.csv's `source` column, that
+    source's films are the test fold, validation is carved by patient (data.split.val) from the other
+    sources and training is the rest. A group (patient, duplicate) that reaches into the test source is
+    left out of training, and a test film of a class no other source has is left out of the test fold
+    and counted as untestable, never scored against a model that never saw its class."""
+    sources = [m.get("source", "") for m in pool_metadata(pool, raw_dir)]
+    missing = [f for f, s in zip(pool.files, sources, strict=True) if not s]
+    if missing:
+        raise DatasetError(
+            f"data.folds: source needs a `source` for every image in labels.csv; {len(missing)} have none "
+            f"(e.g. {missing[0]}); fill the column or use a number of folds"
+        )
+    names = sorted(set(sources))
+    if len(names) < 2:
+        raise DatasetError(f"data.folds: source needs two or more sources in labels.csv; found {names}")
+    strata = pool.strata()
+    folds, info = [], []
+    for name in names:
+        touched = {group[j] for j, s in enumerate(sources) if s == name}
+        rest = [j for j, s in enumerate(sources) if s != name and group[j] not in touched]
+        seen = {strata[j] for j in rest}
+        test = [j for j, s in enumerate(sources) if s == name and strata[j] in seen]
+        untestable = sorted({strata[j] for j, s in enumerate(sources) if s == name} - seen)
+        split = split_groups(regroup(group, rest), [strata[j] for j in rest], params.data.split.val, 0.0, params.seed)
+        folds.append({"train": [j for j, r in zip(rest, split, strict=True) if r == "train"],
+                      "val": [j for j, r in zip(rest, split, strict=True) if r == "val"], "test": test})  # fmt: skip
+        if not test:
+            raise DatasetError(
+                f"data.folds: source: every class of source {name!r} ({', '.join(untestable)}) is missing from "
+                "the other sources, so none of its films can be tested; use a number of folds"
+            )
+        held = [strata[j] for j, s in enumerate(sources) if s == name]
+        info.append({
+            "source": name,
+            "classes": sorted({strata[j] for j in test}),
+            "untestable": {c: held.count(c) for c in untestable},
+            "left_out_shared_groups": sum(1 for j, s in enumerate(sources) if s != name and group[j] in touched),
+        })  # fmt: skip
+    return names, folds, info
+
+
+def write_fold_store(pool: Pool, members: dict[str, list[int]], out_dir: Path) -> dict[str, int]:
+    """A decoded store for one fold from the pooled images of each split."""
     splits = {
         name: ([pool.files[j] for j in idx], pool.labels[idx].tolist(), pool.row_bytes(idx))
         for name, idx in members.items()
@@ -79,7 +135,7 @@ def fold_summary(scores: dict) -> dict:
 
 def aggregate(folds: list[dict]) -> dict:
     """Mean and standard deviation (population, over folds) of every fold metric, plus the folds."""
-    keys = [key for key in folds[0] if key != "fold"]
+    keys = [key for key in folds[0] if key not in DESCRIPTIVE]
     out: dict = {"k": len(folds)}
     for key in keys:
         values = np.asarray([f[key] for f in folds if f[key] is not None], dtype=np.float64)
@@ -117,21 +173,27 @@ def cross_validate(
     """Train and evaluate once per fold under `work_dir/fold{i}`; write and return metrics/cv.json.
     Each finished fold is kept in `kept_dir`; with train.resume, a kept fold made under the same
     signature is reused instead of trained again."""
-    k = params.data.folds
-    if k == 0:
+    if params.data.folds == 0:
         result = {"k": 0, "folds": []}
         write_json(metrics_path, result)
         return result
     pool = Pool(store_dir, params.train.image_size)
-    fold_of = folds_of(pool, raw_dir, k, params.seed, params.verify.near_duplicate_bits)
+    group = pool_groups(pool, raw_dir, params.verify.near_duplicate_bits)
+    if params.data.folds == "source":
+        _, members, about = source_members(pool, raw_dir, group, params)
+    else:
+        members = kfold_members(group, pool.strata(), params.data.folds, params.seed)
+        about = [{} for _ in members]
+    k = len(members)
     quiet = params.evaluate.model_copy(update={"bootstrap": 0, "grid_images": 0})  # the spread is over folds
     fold_params = params.model_copy(update={"evaluate": quiet})
     kept, code = (KeptFolds(kept_dir), code_digest()) if kept_dir else (None, "")
     folds = []
     for fold in range(k):
         where = work_dir / f"fold{fold}"
-        sizes = write_fold_store(pool, fold_of, fold, k, where / "decoded")
-        print(f"crossval: fold {fold + 1}/{k}: " + ", ".join(f"{n} {c}" for n, c in sizes.items()))
+        sizes = write_fold_store(pool, members[fold], where / "decoded")
+        named = f" (source {about[fold]['source']})" if about[fold] else ""
+        print(f"crossval: fold {fold + 1}/{k}{named}: " + ", ".join(f"{n} {c}" for n, c in sizes.items()))
         signature = fold_signature(fold_params, pool.classes, fold, where / "decoded", code) if kept else {}
         if kept and params.train.resume and kept.restore(fold, where, signature):
             print(f"crossval: fold {fold + 1}/{k}: kept from an earlier run with the same params, images and code")
@@ -140,7 +202,8 @@ def cross_validate(
             scores = run_fold(fold_params, where, raw_dir)
             if kept:
                 kept.keep(fold, where, signature)
-        folds.append({"fold": fold, **fold_summary(scores)})
+        folds.append({"fold": fold, **about[fold], "n": scores["n"], **fold_summary(scores)})
     result = aggregate(folds)
+    result["protocol"] = "leave-one-source-out" if params.data.folds == "source" else "k-fold"
     write_json(metrics_path, result)
     return result

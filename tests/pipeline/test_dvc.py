@@ -474,3 +474,34 @@ def test_kill_9_mid_run_then_resume_through_dvc_repro_and_exp_run(tmp_path):
     assert "resum" in out, out
     steps, _ = _steps_and_best(repo)
     assert steps == list(range(8))
+
+
+def test_leave_one_source_out_runs_through_dvc_exp_run(tmp_path):
+    """data.folds: source on a folder whose root labels.csv names two (invented) hospitals: `dvc exp run`
+    runs crossval with one fold per source, a second `dvc repro` runs nothing, cv.json names each source."""
+    import csv
+
+    from cxr.config import parse_params
+    from cxr.data.demo import write_demo_dataset
+
+    raw = tiny_params_dict()
+    phantoms = tmp_path / "phantoms"
+    write_demo_dataset(phantoms, parse_params(raw).data, 0)
+    folder = tmp_path / "hospitals"
+    folder.mkdir()
+    with (folder / "labels.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "patient_id", "source"])
+        for i, png in enumerate(sorted(phantoms.glob("*/*/*.png"))):
+            shutil.copy(png, folder / f"{i}.png")
+            writer.writerow([f"{i}.png", png.parent.name, f"p{i}", "north" if i % 2 else "south"])
+    raw["data"].update(source="folder", folder=str(folder))
+    repo = make_repo(tmp_path / "repo", raw)
+    _, out = dvc(repo, "exp", "run", "-S", "data.folds=source")
+    assert "crossval: fold 1/2 (source north)" in out and "crossval: fold 2/2 (source south)" in out, out
+    _, again = dvc(repo, "repro")
+    assert "Running stage" not in again, again
+    cv = json.loads((repo / "metrics/cv.json").read_text())
+    assert cv["protocol"] == "leave-one-source-out" and [f["source"] for f in cv["folds"]] == ["north", "south"]
+    assert sum(f["n"] for f in cv["folds"]) == 48  # every film tested once, by the fold of its own source
+    assert [row["fold"] for row in json.loads((repo / "metrics/cv/folds.json").read_text())] == ["north", "south"]

@@ -102,3 +102,60 @@ def test_a_fold_killed_while_being_kept_is_not_reused(demo_root, store, tmp_path
     with pytest.raises(Killed, match="fold0"):
         crossval.cross_validate(_params(resume=True), demo_root, store, tmp_path / "b", tmp_path / "b.json", kept)
     assert calls == []
+
+
+def _with_sources(demo_root, out, source_of):
+    """A copy of the demo's raw splits with a labels.csv per split naming each film's source."""
+    import csv
+    import shutil
+
+    shutil.copytree(demo_root, out)
+    for split_dir in sorted(p for p in out.iterdir() if p.is_dir()):
+        files = sorted(split_dir.glob("*/*.png"))
+        with (split_dir / "labels.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "labels", "patient_id", "source"])
+            for i, png in enumerate(files):
+                cls = png.parent.name
+                writer.writerow([f"{cls}/{png.name}", cls, f"{split_dir.name}-{i}", source_of(cls, i)])
+    return out
+
+
+def test_leave_one_source_out_tests_each_source_on_a_model_that_never_saw_it(demo_root, tmp_path):
+    """data.folds: source. Hospital A holds both classes, B only `infected`: B's fold tests B's films,
+    A's fold tests A's infected films and reports its normal films as untestable (no other source has
+    any), never scoring them against a model that never saw the class."""
+    hospital = lambda cls, i: "hospA" if cls == "normal" or i % 2 else "hospB"  # noqa: E731
+    raw = _with_sources(demo_root, tmp_path / "sourced", hospital)
+    params = parse_params({**tiny_params_dict(), "data": {**tiny_params_dict()["data"], "folds": "source"}})
+    decode(params, raw, tmp_path / "decoded", tmp_path / "no-data.json")
+    cv = crossval.cross_validate(params, raw, tmp_path / "decoded", tmp_path / "cv", tmp_path / "cv.json")
+
+    assert cv["protocol"] == "leave-one-source-out" and cv["k"] == 2
+    a, b = cv["folds"]
+    assert (a["source"], b["source"]) == ("hospA", "hospB")
+    normal_in_a = sum(1 for p in raw.glob("*/normal/*.png"))
+    assert a["untestable"] == {"normal": normal_in_a} and a["classes"] == ["infected"]
+    assert b["untestable"] == {} and b["classes"] == ["infected"]
+    source = {row.split(",")[0]: row.split(",")[3] for split in ("train", "val", "test")
+              for row in (raw / split / "labels.csv").read_text().splitlines()[1:]}  # fmt: skip
+    for fold, name in ((0, "hospA"), (1, "hospB")):
+        tested = [r.split(",")[0] for r in (tmp_path / f"cv/fold{fold}/predictions.csv").read_text().splitlines()[1:]]
+        assert tested and all(source[p.split("/", 1)[1]] == name for p in tested), (name, tested[:3])
+        assert len(tested) == cv["folds"][fold]["n"]
+    assert cv["accuracy_mean"] == pytest.approx((a["accuracy"] + b["accuracy"]) / 2, abs=1e-6)  # macro over sources
+    assert json.loads((tmp_path / "cv.json").read_text()) == cv
+
+
+def test_leave_one_source_out_names_what_is_missing(demo_root, tmp_path):
+    from cxr.data.splits import DatasetError
+
+    raw = _with_sources(demo_root, tmp_path / "sourced", lambda cls, i: "" if i == 3 else "hospA")
+    params = parse_params({**tiny_params_dict(), "data": {**tiny_params_dict()["data"], "folds": "source"}})
+    decode(params, raw, tmp_path / "decoded", tmp_path / "no-data.json")
+    with pytest.raises(DatasetError, match=r"needs a `source` for every image in labels.csv; \d+ have none"):
+        crossval.cross_validate(params, raw, tmp_path / "decoded", tmp_path / "cv", tmp_path / "cv.json")
+    one = _with_sources(demo_root, tmp_path / "one", lambda cls, i: "hospA")
+    decode(params, one, tmp_path / "decoded1", tmp_path / "no-data.json")
+    with pytest.raises(DatasetError, match=r"two or more sources in labels.csv; found \['hospA'\]"):
+        crossval.cross_validate(params, one, tmp_path / "decoded1", tmp_path / "cv1", tmp_path / "cv1.json")

@@ -144,7 +144,9 @@ def train_layer_vocabulary() -> tuple[set[str], set[str]]:
     below = [f for f in (REPO / "cxr").rglob("*.py") if group_of(f.relative_to(REPO).as_posix()) in GROUP_ORDER[:3]]
     classes, members = _class_members(sorted((REPO / "cxr" / "train").glob("*.py")))
     _, shared = _class_members(below)
-    torch_names = set(dir(torch.nn.Module)) | set(dir(torch.optim.Optimizer)) | set(dir(torch.Tensor))
+    torch_types = (torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Generator, torch.cuda.Event,
+                   torch.cuda.Stream)  # fmt: skip
+    torch_names = set().union(*(dir(t) for t in torch_types))
     return classes, {m for m in members - shared - torch_names if not m.startswith("__")}
 
 

@@ -55,9 +55,9 @@ def pool_metadata(pool: Pool, raw_dir: Path) -> list[dict[str, str]]:
     return [meta.get(raw_dir / f, {}) for f in pool.files]
 
 
-def pool_groups(pool: Pool, raw_dir: Path, near_bits: int) -> list[int]:
+def pool_groups(pool: Pool, raw_dir: Path, meta: list[dict[str, str]], near_bits: int) -> list[int]:
     """The group of every pooled image: one patient's films and identical or near-identical images."""
-    patients = [m.get("patient_id") or None for m in pool_metadata(pool, raw_dir)]
+    patients = [m.get("patient_id") or None for m in meta]
     return image_groups([raw_dir / f for f in pool.files], patients, Grouping(near_bits))
 
 
@@ -72,13 +72,13 @@ def kfold_members(group: list[int], strata: list[str], k: int, seed: int) -> lis
     return out
 
 
-def source_members(pool: Pool, raw_dir: Path, group: list[int], params: Params) -> tuple[list[str], list, list]:
+def source_members(pool: Pool, meta: list[dict[str, str]], group: list[int], params: Params) -> tuple[list, list]:
     """Leave-one-source-out (`data.folds: source`): per source of labels.csv's `source` column, that
     source's films are the test fold, validation is carved by patient (data.split.val) from the other
     sources and training is the rest. A group (patient, duplicate) that reaches into the test source is
     left out of training, and a test film of a class no other source has is left out of the test fold
     and counted as untestable, never scored against a model that never saw its class."""
-    sources = [m.get("source", "") for m in pool_metadata(pool, raw_dir)]
+    sources = [m.get("source", "") for m in meta]
     missing = [f for f, s in zip(pool.files, sources, strict=True) if not s]
     if missing:
         raise DatasetError(
@@ -96,14 +96,14 @@ def source_members(pool: Pool, raw_dir: Path, group: list[int], params: Params) 
         seen = {strata[j] for j in rest}
         test = [j for j, s in enumerate(sources) if s == name and strata[j] in seen]
         untestable = sorted({strata[j] for j, s in enumerate(sources) if s == name} - seen)
-        split = split_groups(regroup(group, rest), [strata[j] for j in rest], params.data.split.val, 0.0, params.seed)
-        folds.append({"train": [j for j, r in zip(rest, split, strict=True) if r == "train"],
-                      "val": [j for j, r in zip(rest, split, strict=True) if r == "val"], "test": test})  # fmt: skip
         if not test:
             raise DatasetError(
                 f"data.folds: source: every class of source {name!r} ({', '.join(untestable)}) is missing from "
                 "the other sources, so none of its films can be tested; use a number of folds"
             )
+        split = split_groups(regroup(group, rest), [strata[j] for j in rest], params.data.split.val, 0.0, params.seed)
+        folds.append({"train": [j for j, r in zip(rest, split, strict=True) if r == "train"],
+                      "val": [j for j, r in zip(rest, split, strict=True) if r == "val"], "test": test})  # fmt: skip
         held = [strata[j] for j, s in enumerate(sources) if s == name]
         info.append({
             "source": name,
@@ -111,7 +111,7 @@ def source_members(pool: Pool, raw_dir: Path, group: list[int], params: Params) 
             "untestable": {c: held.count(c) for c in untestable},
             "left_out_shared_groups": sum(1 for j, s in enumerate(sources) if s != name and group[j] in touched),
         })  # fmt: skip
-    return names, folds, info
+    return folds, info
 
 
 def write_fold_store(pool: Pool, members: dict[str, list[int]], out_dir: Path) -> dict[str, int]:
@@ -178,9 +178,10 @@ def cross_validate(
         write_json(metrics_path, result)
         return result
     pool = Pool(store_dir, params.train.image_size)
-    group = pool_groups(pool, raw_dir, params.verify.near_duplicate_bits)
+    meta = pool_metadata(pool, raw_dir)  # labels.csv read once, for patients and sources
+    group = pool_groups(pool, raw_dir, meta, params.verify.near_duplicate_bits)
     if params.data.folds == "source":
-        _, members, about = source_members(pool, raw_dir, group, params)
+        members, about = source_members(pool, meta, group, params)
     else:
         members = kfold_members(group, pool.strata(), params.data.folds, params.seed)
         about = [{} for _ in members]

@@ -37,6 +37,11 @@ ARCHS = (
 # (changing one reruns nothing; tests/test_dependencies.py checks it) nor part of a resumed run's signature.
 RUNTIME_KEYS = ("train.compile", "train.finite_check_every", "train.low_memory", "train.nproc", "train.resume")
 
+# Radiograph-aware input steps (cxr/data/radiograph.py), each a choice of train.input.
+BORDERS = ("keep", "crop")
+INTENSITIES = ("none", "window", "equalize", "clahe")
+ASPECTS = ("squash", "pad", "crop")
+
 TASK_CLASSES = {
     "binary": ("infected", "normal"),
     "multiclass": ("covid", "pneumonia", "normal"),
@@ -186,10 +191,17 @@ class AugmentConfig(_Section):
     contrast: Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
+class InputConfig(_Section):
+    border: Literal[BORDERS]  # type: ignore[valid-type]
+    intensity: Literal[INTENSITIES]  # type: ignore[valid-type]
+    aspect: Literal[ASPECTS]  # type: ignore[valid-type]
+
+
 class TrainConfig(_Section):
     arch: Literal[ARCHS]  # type: ignore[valid-type]
     weights: str
     image_size: Annotated[int, Field(ge=32, le=1024)]
+    input: InputConfig
     freeze: Literal["none", "backbone", "head"] | list[str | int]
     augment: AugmentConfig
     head: HeadConfig

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from cxr.config import Params, load_params
+from cxr.data.radiograph import InputRecipe
 from cxr.data.splits import DatasetError, excluded_files, split_classes
 from cxr.data.store import build_store
 from cxr.paths import DATA_METRICS, DECODED_DIR, RAW_DIR
@@ -23,11 +24,14 @@ def decode(params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = DECODED_DIR,
             "set data.task: multiclass (or multilabel), or keep two class folders"
         )
     skip = excluded_files(data_metrics, raw_dir)
-    counts = build_store(raw_dir, out_dir, params.train.image_size, multilabel, skip)
+    recipe = InputRecipe.from_params(params.train.input)
+    counts = build_store(
+        raw_dir, out_dir, params.train.image_size, multilabel, skip, recipe=recipe, max_pixels=params.verify.max_pixels
+    )
     total = sum(counts.values())
     print(
         f"decode: {total} images ({', '.join(f'{k} {v}' for k, v in counts.items())}) at "
-        f"{params.train.image_size} px -> {out_dir}/ in {time.perf_counter() - start:.1f} s"
+        f"{params.train.image_size} px ({recipe.name}) -> {out_dir}/ in {time.perf_counter() - start:.1f} s"
     )
 
 

@@ -29,7 +29,7 @@ from cxr.summaries import export_summary
 def main() -> None:
     params = load_params()
     model, spec, _ = load_checkpoint(MODEL_PATH)
-    test = SplitStore(DECODED_DIR, "test", spec.image_size)
+    test = SplitStore(DECODED_DIR, "test", spec.image_size, spec.preprocessing)
     result = export(model, spec, test[list(range(len(test)))], EXPORT_DIR)
     write_json(EXPORT_METRICS, result)
     write_json(EXPORT_SUMMARY, export_summary(result))

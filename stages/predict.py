@@ -53,7 +53,7 @@ def run(argv: list[str] | None = None) -> int:
     files, parts = [], []
     for start in range(0, len(found.files), IMAGES_PER_PASS):  # decoded a chunk at a time: memory stays bounded
         good, pixels, unreadable = decode_all(
-            found.files[start : start + IMAGES_PER_PASS], spec.image_size, args.max_pixels
+            found.files[start : start + IMAGES_PER_PASS], spec.image_size, args.max_pixels, spec.preprocessing
         )
         problems += unreadable
         if good:

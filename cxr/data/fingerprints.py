@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from cxr.data.images import pixel_digest, pixel_problem
+from cxr.data.images import ImageTooLarge, open_image, pixel_digest
 from cxr.data.near_duplicates import difference_hash
 from cxr.data.shortcuts import appearance
 
@@ -37,12 +36,11 @@ class FileRecord:
 def read_file(split: str, path: Path, max_pixels: int) -> FileRecord:
     """Open, size-check (from the header, before decoding) and decode one file."""
     try:
-        with Image.open(path) as img:
-            too_large = pixel_problem(img, max_pixels)
-            if too_large:
-                return FileRecord(split, path, too_large)
+        with open_image(path, max_pixels) as img:
             img.load()
             looks = appearance(img)
             return FileRecord(split, path, "", img.mode, img.size, pixel_digest(img), difference_hash(img), looks)
+    except ImageTooLarge as exc:
+        return FileRecord(split, path, exc.why)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
         return FileRecord(split, path, f"does not decode ({type(exc).__name__}: {exc})")

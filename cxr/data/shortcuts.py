@@ -17,6 +17,8 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
+from cxr.data.radiograph import uniform_edges
+
 PROPERTIES = ("width", "height", "aspect", "bit_depth", "channels", "format", "mean", "spread", "border")
 BIT_DEPTH = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8, "I;16": 16, "I": 32, "F": 32}
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
@@ -32,15 +34,11 @@ def _gray(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L").resize((THUMB, THUMB), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
-def border_fraction(gray: np.ndarray, tolerance: float = 0.02) -> float:
-    """Share of the image in uniform rows and columns at its edges (letterbox bars, burnt-in frames)."""
-
-    def run(lines: np.ndarray) -> int:
-        uniform = lines.std(1) < tolerance
-        return int(np.argmin(uniform)) if not uniform.all() else len(lines)
-
-    rows = run(gray) + run(gray[::-1])
-    cols = run(gray.T) + run(gray.T[::-1])
+def border_fraction(gray: np.ndarray) -> float:
+    """Share of a square image (values 0..1) in uniform rows and columns at its edges (letterbox bars,
+    burnt-in frames: what `train.input.border: crop` strips)."""
+    top, bottom, left, right = uniform_edges(gray)
+    rows, cols = top + bottom, left + right
     side = gray.shape[0]
     kept = max(side - rows, 0) * max(side - cols, 0)
     return 1.0 - kept / (side * side)

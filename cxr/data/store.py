@@ -21,29 +21,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cxr.atomic import atomic_dir
 from cxr.data.images import DEFAULT_MAX_PIXELS, open_gray
+from cxr.data.radiograph import DEFAULT, InputRecipe
 from cxr.data.splits import SPLITS, DatasetError, scan_split
 from cxr.progress import progress
 
 STORE_FORMAT = 2
 INDEX = "index.json"
 # How a file becomes a row: decoded to 8-bit grayscale (cxr.data.images.open_gray; colour files
-# by ITU-R 601 luma), then resized to a square with PIL's bilinear filter. Recorded in the index
-# and in checkpoints; a checkpoint trained on other rows is refused by prediction.
-PREPROCESSING = "gray8-square-bilinear"
+# by ITU-R 601 luma, DICOM windowed), then the radiograph-aware steps of train.input and a bilinear
+# resize to a square (cxr.data.radiograph.InputRecipe). The recipe's name is recorded in the index
+# and in checkpoints, and prediction rebuilds the recipe from it.
 CHANNELS = 1
 
 
-def decode_image(path: Path | str, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    path: Path | str, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, recipe: InputRecipe = DEFAULT
+) -> np.ndarray:
     """One image file as the model sees it before normalisation: uint8 (1, size, size)."""
-    img = open_gray(Path(path), max_pixels).resize((image_size, image_size), Image.BILINEAR)
-    return np.ascontiguousarray(np.asarray(img)[None])
+    return np.ascontiguousarray(recipe.row(open_gray(Path(path), max_pixels), image_size)[None])
 
 
-def _decode_job(job: tuple[str, int]) -> bytes:
+def _decode_job(job: tuple[str, int, int, InputRecipe]) -> bytes:
     return decode_image(*job).tobytes()
 
 
@@ -67,14 +68,16 @@ def write_store(
     multilabel: bool,
     splits: Mapping[str, tuple[Sequence[str], list, Iterable[bytes]]],
     channels: int = CHANNELS,
+    preprocessing: str = DEFAULT.name,
 ) -> None:
     """Write a store (replacing `out_dir` atomically) from, per split: relative file names,
-    labels (class indices or multi-hot rows) and an iterable of uint8 rows (channels, S, S) as bytes."""
+    labels (class indices or multi-hot rows) and an iterable of uint8 rows (channels, S, S) as bytes,
+    made by the recipe named `preprocessing`."""
     index: dict = {
         "format": STORE_FORMAT,
         "image_size": image_size,
         "channels": channels,
-        "preprocessing": PREPROCESSING,
+        "preprocessing": preprocessing,
         "multilabel": multilabel,
         "classes": list(classes),
         "splits": {},
@@ -93,8 +96,10 @@ def build_store(
     multilabel: bool,
     exclude: frozenset[Path] = frozenset(),
     workers: int | None = None,
+    recipe: InputRecipe = DEFAULT,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, int]:
-    """Decode every split of `raw_dir` into a store at `out_dir` (replaced atomically), in
+    """Decode every split of `raw_dir` by `recipe` into a store at `out_dir` (replaced atomically), in
     `workers` processes (default: the CPU count, at most 8). Returns images per split.
     `exclude` lists files verify skipped."""
     raw_dir = Path(raw_dir)
@@ -105,7 +110,7 @@ def build_store(
         pool = stack.enter_context(ProcessPoolExecutor(workers)) if workers > 1 else None
 
         def rows(files: Sequence[Path]) -> Iterator[bytes]:  # lazy: one split's rows in flight at a time
-            jobs = [(str(f), image_size) for f in files]
+            jobs = [(str(f), image_size, max_pixels, recipe) for f in files]
             if pool is None or len(jobs) < 2:
                 yield from map(_decode_job, jobs)
             else:
@@ -115,7 +120,7 @@ def build_store(
             name: ([f.relative_to(raw_dir).as_posix() for f in s.files], s.labels.tolist(), rows(s.files))
             for name, s in found.items()
         }
-        write_store(out_dir, image_size, train.classes, multilabel, splits)
+        write_store(out_dir, image_size, train.classes, multilabel, splits, preprocessing=recipe.name)
     return {name: len(s.files) for name, s in found.items()}
 
 
@@ -132,7 +137,7 @@ class SplitStore:
 
     _fd = -1
 
-    def __init__(self, root: Path | str, name: str, image_size: int | None = None):
+    def __init__(self, root: Path | str, name: str, image_size: int | None = None, preprocessing: str | None = None):
         root = Path(root)
         index_path = root / INDEX
         if not index_path.is_file():
@@ -144,6 +149,11 @@ class SplitStore:
             raise StoreError(
                 f"{root}: images stored at {index['image_size']} px but the model needs {image_size} px; "
                 "run `dvc repro` so decode follows train.image_size"
+            )
+        if preprocessing is not None and index.get("preprocessing") != preprocessing:
+            raise StoreError(
+                f"{root}: images decoded by {index.get('preprocessing')!r} but the model needs {preprocessing!r} "
+                "(train.input); run `dvc repro` so decode follows train.input"
             )
         if name not in index["splits"]:
             raise StoreError(f"{root}: no split {name!r} in the store (has {sorted(index['splits'])})")
@@ -201,14 +211,15 @@ class SplitStore:
 
 
 def decode_all(
-    files: Sequence[Path], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    files: Sequence[Path], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, preprocessing: str = DEFAULT.name
 ) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
-    """Decode each file as the store does; files that are not readable images, or larger than
-    `max_pixels`, are reported."""
+    """Decode each file as the store does, by the recipe named `preprocessing` (a checkpoint's); files
+    that are not readable images, or larger than `max_pixels`, are reported."""
+    recipe = InputRecipe.from_name(preprocessing)
     good, rows, problems = [], [], []
     for path in files:
         try:
-            rows.append(decode_image(path, image_size, max_pixels))
+            rows.append(decode_image(path, image_size, max_pixels, recipe))
             good.append(path)
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "not a readable image"
             problems.append((str(path), f"not a readable image ({type(exc).__name__}: {exc})"))

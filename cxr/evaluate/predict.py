@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cxr.data.images import IMAGE_SUFFIXES
-from cxr.data.store import PREPROCESSING
+from cxr.data.radiograph import InputRecipe, RecipeError
 from cxr.model.checkpoint import CheckpointError
 from cxr.model.decisions import DEFAULT_THRESHOLD, label_name, screened_classes, thresholded
 from cxr.model.inference import Runtime, predict_probabilities
@@ -66,10 +66,10 @@ def score_images(model, spec: ModelSpec, images, batch_size: int, tta: str, runt
     """Class probabilities (float64) of decoded images, a (N, C, S, S) uint8 array or tensor or a
     SplitStore, with `tta` as `evaluate.tta`: the one scoring path of evaluate, external sets,
     cross-validation folds and `stages.predict`. `model` is on `runtime` (Runtime.prepare_model)."""
-    if spec.preprocessing != PREPROCESSING:
-        raise CheckpointError(
-            f"checkpoint preprocessing {spec.preprocessing!r} is not this version's {PREPROCESSING!r}"
-        )
+    try:
+        InputRecipe.from_name(spec.preprocessing)
+    except RecipeError as exc:
+        raise CheckpointError(f"checkpoint: {exc}; score it with the version that trained it") from exc
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     probs = predict_probabilities(model, images, batch_size, runtime, spec.probabilities, tta)

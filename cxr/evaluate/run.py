@@ -74,7 +74,7 @@ def write_submission(model, spec: ModelSpec, unlabeled: Path, thresholds, cfg, r
     the row count; with no such folder the file holds only its header. `cfg` is params.evaluate
     (batch size and test-time augmentation, as for the test split)."""
     files = sorted(p for p in unlabeled.rglob("*") if is_image(p)) if unlabeled.is_dir() else []
-    good, pixels, problems = decode_all(files, spec.image_size)
+    good, pixels, problems = decode_all(files, spec.image_size, preprocessing=spec.preprocessing)
     for bad, why in problems:
         print(f"evaluate: submission: skipped {bad}: {why}")
     probs = score_images(model, spec, pixels, cfg.batch_size, cfg.tta, runtime)
@@ -150,7 +150,7 @@ def evaluate(
     runtime = Runtime.select()
     model, spec, checkpoint = load_checkpoint(model_path)
     runtime.prepare_model(model)
-    val, test = (SplitStore(store_dir, name, spec.image_size) for name in ("val", "test"))
+    val, test = (SplitStore(store_dir, name, spec.image_size, spec.preprocessing) for name in ("val", "test"))
     if test.classes != spec.classes:
         raise StoreError(f"{store_dir}: classes {list(test.classes)} differ from the model's {list(spec.classes)}")
 

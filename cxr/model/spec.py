@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cxr.config import Params
-from cxr.data.store import PREPROCESSING
+from cxr.data.radiograph import InputRecipe
 from cxr.model import decisions
 from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD
 from cxr.model.networks import build_model, freeze
@@ -30,7 +30,7 @@ class ModelSpec:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    preprocessing: str  # how a file becomes the uint8 input (cxr.data.store.PREPROCESSING)
+    preprocessing: str  # how a file becomes the uint8 input (cxr.data.radiograph.InputRecipe.name)
 
     @property
     def multilabel(self) -> bool:
@@ -71,7 +71,7 @@ def spec_from_params(params: Params, classes: tuple[str, ...]) -> ModelSpec:
         image_size=cfg.image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        preprocessing=PREPROCESSING,
+        preprocessing=InputRecipe.from_params(cfg.input).name,
     )
 
 

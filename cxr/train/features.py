@@ -21,6 +21,7 @@ from torch import nn
 
 from cxr.atomic import atomic_dir
 from cxr.config import Params, TrainConfig
+from cxr.data.radiograph import InputRecipe
 from cxr.data.store import SplitStore
 from cxr.errors import PipelineError
 from cxr.model.inference import Runtime, predict_logits
@@ -130,7 +131,8 @@ def cache_features(params: Params, store_dir: Path = DECODED_DIR, out_dir: Path 
         print(f"features: nothing to cache ({why}); train runs the whole model")
         return
     start = time.perf_counter()
-    stores = {name: SplitStore(store_dir, name, cfg.image_size) for name in CACHED_SPLITS}
+    recipe = InputRecipe.from_params(cfg.input).name
+    stores = {name: SplitStore(store_dir, name, cfg.image_size, recipe) for name in CACHED_SPLITS}
     model, _, _ = initial_model(params, stores["train"].classes)
     runtime = Runtime.select(cfg.precision)
     runtime.prepare_model(model)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from cxr.config import Params
+from cxr.data.radiograph import InputRecipe
 from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
 from cxr.model.checkpoint import save_checkpoint
@@ -43,7 +44,8 @@ def _inputs(params: Params, store_dir: Path, features_dir: Path, model, runtime:
     """Train and val inputs, how to prepare a training batch (None: cached features, used as they
     are) and a note saying which path runs."""
     cfg = params.train
-    stores = {name: SplitStore(store_dir, name, cfg.image_size) for name in ("train", "val")}
+    recipe = InputRecipe.from_params(cfg.input).name  # the rows decode made must be the ones the spec records
+    stores = {name: SplitStore(store_dir, name, cfg.image_size, recipe) for name in ("train", "val")}
     if stores["train"].multilabel != (params.data.task == "multilabel"):
         raise StoreError(f"{store_dir}: decoded for another data.task; run `dvc repro` so decode follows params")
     labels = {name: torch.from_numpy(s.labels) for name, s in stores.items()}

@@ -120,7 +120,8 @@ def write_fold_store(pool: Pool, members: dict[str, list[int]], out_dir: Path) -
         name: ([pool.files[j] for j in idx], pool.labels[idx].tolist(), pool.row_bytes(idx))
         for name, idx in members.items()
     }
-    write_store(out_dir, pool.image_size, pool.classes, pool.multilabel, splits, pool.parts[0].channels)
+    first = pool.parts[0]
+    write_store(out_dir, pool.image_size, pool.classes, pool.multilabel, splits, first.channels, first.preprocessing)
     return {name: len(idx) for name, idx in members.items()}
 
 

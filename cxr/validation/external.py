@@ -96,7 +96,7 @@ def score_set(name: str, folder: Path, model, spec, scoring: Scoring, training: 
     files, labels = external_files(folder, spec.classes, spec.multilabel)
     leak = training.repeated(files)
     keep = [i for i, bad in enumerate(leak) if not bad]
-    good, pixels, problems = decode_all([files[i] for i in keep], spec.image_size)
+    good, pixels, problems = decode_all([files[i] for i in keep], spec.image_size, preprocessing=spec.preprocessing)
     decoded = set(good)
     kept = [i for i in keep if files[i] in decoded]
     labels = labels[kept]

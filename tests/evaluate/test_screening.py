@@ -15,7 +15,7 @@ from torch import nn
 from cxr.config import ConfigError, parse_params
 from cxr.data.demo import write_demo_dataset
 from cxr.data.download import sha256_of
-from cxr.data.store import PREPROCESSING
+from cxr.data.radiograph import BASE as PREPROCESSING
 from cxr.evaluate.gradcam import gradcam
 from cxr.evaluate.run import evaluate
 from cxr.evaluate.screening import (

@@ -189,6 +189,11 @@ class AugmentConfig(_Section):
     crop: Annotated[float, Field(gt=0.0, le=1.0)]
     brightness: Annotated[float, Field(ge=0.0, lt=1.0)]
     contrast: Annotated[float, Field(ge=0.0, lt=1.0)]
+    gamma: Annotated[float, Field(ge=0.0, lt=1.0)]
+    blur: Annotated[float, Field(ge=0.0, le=5.0)]
+    sharpen: Annotated[float, Field(ge=0.0, le=5.0)]
+    noise: Annotated[float, Field(ge=0.0, le=0.5)]
+    resolution: Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 class InputConfig(_Section):
@@ -215,6 +220,7 @@ class TrainConfig(_Section):
     schedule: ScheduleConfig
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)]
     class_weights: Literal["none", "balanced"]
+    sampler: Literal["shuffle", "source"]
     ema: Annotated[float, Field(ge=0.0, lt=1.0)]
     patience: Annotated[int, Field(ge=0)]
     batch_size: PositiveInt

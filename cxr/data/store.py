@@ -25,7 +25,7 @@ import torch
 from cxr.atomic import atomic_dir
 from cxr.data.images import DEFAULT_MAX_PIXELS, open_gray
 from cxr.data.radiograph import DEFAULT, InputRecipe
-from cxr.data.splits import SPLITS, DatasetError, scan_split
+from cxr.data.splits import SPLITS, DatasetError, file_metadata, scan_split
 from cxr.progress import progress
 
 STORE_FORMAT = 2
@@ -69,10 +69,12 @@ def write_store(
     splits: Mapping[str, tuple[Sequence[str], list, Iterable[bytes]]],
     channels: int = CHANNELS,
     preprocessing: str = DEFAULT.name,
+    sources: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """Write a store (replacing `out_dir` atomically) from, per split: relative file names,
     labels (class indices or multi-hot rows) and an iterable of uint8 rows (channels, S, S) as bytes,
-    made by the recipe named `preprocessing`."""
+    made by the recipe named `preprocessing`; with `sources`, each split's files' labels.csv source
+    (recorded when any is named: what `train.sampler: source` balances)."""
     index: dict = {
         "format": STORE_FORMAT,
         "image_size": image_size,
@@ -86,6 +88,8 @@ def write_store(
         for name, (files, labels, rows) in splits.items():
             _write_rows(tmp / f"{name}.npy", len(files), (channels, image_size, image_size), rows, f"decode {name}")
             index["splits"][name] = {"files": list(files), "labels": labels}
+            if sources and any(sources.get(name, ())):
+                index["splits"][name]["sources"] = list(sources[name])
         (tmp / INDEX).write_text(json.dumps(index) + "\n")
 
 
@@ -120,7 +124,11 @@ def build_store(
             name: ([f.relative_to(raw_dir).as_posix() for f in s.files], s.labels.tolist(), rows(s.files))
             for name, s in found.items()
         }
-        write_store(out_dir, image_size, train.classes, multilabel, splits, preprocessing=recipe.name)
+        sources = {}
+        for name, s in found.items():
+            meta = file_metadata(raw_dir / name)
+            sources[name] = [meta.get(f, {}).get("source", "") for f in s.files]
+        write_store(out_dir, image_size, train.classes, multilabel, splits, preprocessing=recipe.name, sources=sources)
     return {name: len(s.files) for name, s in found.items()}
 
 
@@ -164,6 +172,7 @@ class SplitStore:
         self.image_size: int = index["image_size"]
         self.preprocessing: str = index["preprocessing"]
         self.files: tuple[str, ...] = tuple(entry["files"])
+        self.sources: tuple[str, ...] = tuple(entry.get("sources", ("",) * len(self.files)))  # "" = not named
         if index["multilabel"]:
             self.labels = np.asarray(entry["labels"], dtype=np.float32).reshape(len(self.files), len(self.classes))
         else:

@@ -85,10 +85,13 @@ def _recipe_section(params: Params) -> list[str]:
         "## Recipe",
         f"- {cfg.epochs} epochs, batch {cfg.batch_size}, optimizer `{cfg.optimizer}` lr {cfg.lr:g} "
         f"(weight decay {cfg.weight_decay:g}), schedule `{cfg.schedule.name}` with {cfg.schedule.warmup} warm-up "
-        f"epochs, label smoothing {cfg.label_smoothing:g}, class weights `{cfg.class_weights}`, EMA {cfg.ema:g}, "
+        f"epochs, label smoothing {cfg.label_smoothing:g}, class weights `{cfg.class_weights}`, "
+        f"sampler `{cfg.sampler}`, EMA {cfg.ema:g}, "
         f"freeze `{cfg.freeze}`.",
         f"- Augmentation: hflip {cfg.augment.hflip:g}, rotate {cfg.augment.rotate:g} deg, crop {cfg.augment.crop:g}, "
-        f"brightness {cfg.augment.brightness:g}, contrast {cfg.augment.contrast:g}; test-time `{params.evaluate.tta}`.",
+        f"brightness {cfg.augment.brightness:g}, contrast {cfg.augment.contrast:g}, gamma {cfg.augment.gamma:g}, "
+        f"blur {cfg.augment.blur:g}, sharpen {cfg.augment.sharpen:g}, noise {cfg.augment.noise:g}, "
+        f"resolution {cfg.augment.resolution:g}; test-time `{params.evaluate.tta}`.",
     ]
 
 

@@ -6,7 +6,7 @@ import copy
 import ctypes
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,6 +84,7 @@ class Fit:
     average: WeightAverage = field(default_factory=WeightAverage.off)  # train.ema
     normalise: Callable[[torch.Tensor], torch.Tensor] = nn.Identity()
     compile: bool = False
+    sampling: torch.Tensor | None = None  # per training image, its chance of each draw (train.sampler); None: shuffle
     check_every: int = 1
 
     def __post_init__(self):
@@ -175,6 +176,28 @@ def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tor
     return loss, logits
 
 
+def source_balanced(sources: Sequence[str], where: str) -> torch.Tensor:
+    """`train.sampler: source`: each image's chance of a draw, so that every source is drawn equally
+    often (1 / (sources x its source's images)); refused, naming `where`, when a source is missing."""
+    unnamed = sum(1 for s in sources if not s)
+    if unnamed:
+        raise PipelineError(
+            f"train.sampler: source needs a `source` for every training image in labels.csv; {unnamed} of "
+            f"{len(sources)} in {where} have none; fill the column or use train.sampler: shuffle"
+        )
+    names, index = np.unique(np.asarray(sources), return_inverse=True)
+    counts = np.bincount(index)
+    return torch.from_numpy(1.0 / (len(names) * counts[index])).to(torch.float64)
+
+
+def epoch_order(n: int, batch_size: int, generator: torch.Generator, sampling: torch.Tensor | None):
+    """An epoch's batches of training indices: a seeded shuffle, or n seeded draws with replacement
+    weighted by `sampling`."""
+    if sampling is None:
+        return batches(n, batch_size, generator)
+    return torch.multinomial(sampling, n, replacement=True, generator=generator).split(batch_size)
+
+
 def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generator: torch.Generator, epoch: int = 1):
     """One pass over the training inputs in a seeded random order; returns an EpochResult.
 
@@ -188,7 +211,8 @@ def train_epoch(fit: Fit, inputs, labels: torch.Tensor, batch_size: int, generat
     train_mode(fit.model, fit.freeze_mode, frozen_bn_eval=True)
     loss_sums, seen_labels, seen_preds = [], [], []
     # a last batch leaving a process one image is left out: BatchNorm cannot train on one value per channel
-    order = [dist.share(b) for b in batches(len(labels), batch_size, generator) if len(b) >= 2 * dist.world]
+    order = [dist.share(b) for b in epoch_order(len(labels), batch_size, generator, fit.sampling)
+             if len(b) >= 2 * dist.world]  # fmt: skip
     loader = prefetched(inputs, order, runtime.device, labels=labels)
     bar = progress(loader, total=len(order), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not dist.is_main)
     guard = FiniteGuard(fit)

@@ -34,6 +34,7 @@ from cxr.train.loop import (
     evaluate_epoch,
     release_large_blocks,
     seed_everything,
+    source_balanced,
     train_epoch,
 )
 from cxr.train.optim import make_optimizer, make_schedule
@@ -73,7 +74,8 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
             f"train.batch_size: {cfg.batch_size} images per batch cannot be split evenly between "
             f"{dist.world} processes; use a multiple of {dist.world}"
         )
-    classes = SplitStore(store_dir, "train", cfg.image_size).classes
+    train_store = SplitStore(store_dir, "train", cfg.image_size)
+    classes, sources = train_store.classes, train_store.sources
     model, spec, trainable = initial_model(params, classes)
     data, prepare, note = _inputs(params, store_dir, features_dir, model, runtime, generator)
     cached = prepare is None  # only the head runs: the backbone's output is cached
@@ -100,6 +102,7 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
         normalise=torch.nn.Identity() if cached else runtime.normalise,
         compile=cfg.compile,
         check_every=cfg.finite_check_every,
+        sampling=source_balanced(sources, f"{store_dir}/train") if cfg.sampler == "source" else None,
     )
     run = Run(params, spec, model, fit, make_schedule(optimizer, cfg.schedule, cfg.epochs), generator, data, trainable)
     run.say(f"train: {note}")

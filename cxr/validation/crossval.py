@@ -36,6 +36,7 @@ class Pool:
         self.rows = [(k, i) for k, part in enumerate(self.parts) for i in range(len(part))]
         self.files = [self.parts[k].files[i] for k, i in self.rows]
         self.labels = np.concatenate([part.labels for part in self.parts])
+        self.sources = [self.parts[k].sources[i] for k, i in self.rows]
 
     def strata(self) -> list[str]:
         first = self.labels.argmax(1) if self.multilabel else self.labels
@@ -121,7 +122,10 @@ def write_fold_store(pool: Pool, members: dict[str, list[int]], out_dir: Path) -
         for name, idx in members.items()
     }
     first = pool.parts[0]
-    write_store(out_dir, pool.image_size, pool.classes, pool.multilabel, splits, first.channels, first.preprocessing)
+    sources = {name: [pool.sources[j] for j in idx] for name, idx in members.items()}
+    write_store(
+        out_dir, pool.image_size, pool.classes, pool.multilabel, splits, first.channels, first.preprocessing, sources
+    )
     return {name: len(idx) for name, idx in members.items()}
 
 

@@ -9,8 +9,8 @@ from sklearn.metrics import f1_score
 
 from cxr.atomic import atomic_dir, write_json
 from cxr.data.images import open_rgb
-from cxr.data.splits import scan_split
 from cxr.data.radiograph import BASE as PREPROCESSING
+from cxr.data.splits import scan_split
 from cxr.evaluate.gallery import Outcomes, pick_examples, prediction_grid
 from cxr.evaluate.scores import classification_scores
 from cxr.model.checkpoint import load_checkpoint, save_checkpoint

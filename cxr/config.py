@@ -260,6 +260,7 @@ class EvaluateConfig(_Section):
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
     grid_images: Annotated[int, Field(ge=0, le=64)]
     tta: Literal["none", "hflip"]
+    ensemble: Literal["none", "folds"]
     external: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], str]
 
     @field_validator("threshold")
@@ -282,6 +283,8 @@ class Params(_Section):
             raise ValueError(
                 "train.loss: 'ce' (softmax) gives one label per image; data.task 'multilabel' needs 'bce' or 'focal'"
             )
+        if self.evaluate.ensemble == "folds" and self.data.folds == 0:
+            raise ValueError("evaluate.ensemble: 'folds' averages the fold models of data.folds; set data.folds too")
         return self
 
 

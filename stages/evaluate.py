@@ -5,7 +5,9 @@ from __future__ import annotations
 from cxr.atomic import write_json
 from cxr.config import load_params
 from cxr.evaluate.run import evaluate
+from cxr.model.ensemble import scored_paths
 from cxr.paths import (
+    CV_DIR,
     DECODED_DIR,
     EVAL_LIVE_DIR,
     MODEL_PATH,
@@ -21,9 +23,9 @@ from cxr.summaries import headline_text, test_summary
 
 @stage("evaluate")
 def main() -> None:
-    scores = evaluate(
-        load_params(), MODEL_PATH, DECODED_DIR, RAW_DIR, TEST_METRICS, PREDICTIONS, EVAL_LIVE_DIR, SUBMISSION
-    )
+    params = load_params()
+    paths = scored_paths(params.evaluate.ensemble, MODEL_PATH, CV_DIR)
+    scores = evaluate(params, paths, DECODED_DIR, RAW_DIR, TEST_METRICS, PREDICTIONS, EVAL_LIVE_DIR, SUBMISSION)
     write_json(TEST_SUMMARY, test_summary(scores))
     print(f"evaluate: test {headline_text(scores)} on {scores['n']} images -> {TEST_METRICS}, {PREDICTIONS}")
     for cls, s in scores["screening"].items():

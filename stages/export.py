@@ -9,9 +9,10 @@ from cxr.atomic import write_json, write_text
 from cxr.config import load_params
 from cxr.data.store import SplitStore
 from cxr.evaluate.card import model_card
-from cxr.model.checkpoint import load_checkpoint
+from cxr.model.ensemble import load_scorer, scored_paths
 from cxr.model.export import export
 from cxr.paths import (
+    CV_DIR,
     DATA_METRICS,
     DECODED_DIR,
     EXPORT_DIR,
@@ -28,7 +29,9 @@ from cxr.summaries import export_summary
 @stage("export")
 def main() -> None:
     params = load_params()
-    model, spec, _ = load_checkpoint(MODEL_PATH)
+    paths = scored_paths(params.evaluate.ensemble, MODEL_PATH, CV_DIR)
+    model, spec, _ = load_scorer(paths)  # one checkpoint, or the fold models' ensemble as one graph
+    scored = MODEL_PATH if len(paths) == 1 else f"the ensemble of {len(paths)} fold models in {CV_DIR}"
     test = SplitStore(DECODED_DIR, "test", spec.image_size, spec.preprocessing)
     result = export(model, spec, test[list(range(len(test)))], EXPORT_DIR)
     write_json(EXPORT_METRICS, result)
@@ -36,7 +39,7 @@ def main() -> None:
     data, scores = json.loads(DATA_METRICS.read_text()), json.loads(TEST_METRICS.read_text())
     write_text(MODEL_CARD, model_card(params, spec, data, scores, result))
     print(
-        f"export: {EXPORT_DIR}/model.onnx and model.torchscript.pt match {MODEL_PATH} on {result['images']} test "
+        f"export: {EXPORT_DIR}/model.onnx and model.torchscript.pt match {scored} on {result['images']} test "
         f"images (max abs logit difference: ONNX {result['onnx_max_abs_diff']:.1e}, TorchScript "
         f"{result['torchscript_max_abs_diff']:.1e}); {MODEL_CARD} written"
     )

@@ -21,7 +21,7 @@ from cxr.data.images import DEFAULT_MAX_PIXELS
 from cxr.data.store import decode_all
 from cxr.evaluate.predict import decide, find_images, render, score_images
 from cxr.evaluate.run import load_decision_thresholds
-from cxr.model.checkpoint import load_checkpoint
+from cxr.model.ensemble import load_scorer, member_paths
 from cxr.model.inference import Runtime
 from cxr.paths import MODEL_PATH, TEST_METRICS
 from cxr.stage import stage
@@ -32,7 +32,12 @@ IMAGES_PER_PASS = 256  # images decoded and predicted together
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument("--model", type=Path, default=MODEL_PATH, help=f"checkpoint (default {MODEL_PATH})")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=MODEL_PATH,
+        help=f"checkpoint, or a folder of fold checkpoints (models/cv: their ensemble; default {MODEL_PATH})",
+    )
     parser.add_argument("--out", type=Path, help="write CSV (or JSON for *.json) here instead of standard output")
     parser.add_argument("--metrics", type=Path, default=TEST_METRICS, help="where evaluate's thresholds are read")
     parser.add_argument(
@@ -44,10 +49,11 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default %(default)s)")
     args = parser.parse_args(argv)
 
-    model, spec, _ = load_checkpoint(args.model)
+    paths = member_paths(args.model) if args.model.is_dir() else [args.model]  # a folder: its fold models' ensemble
+    model, spec, _ = load_scorer(paths)
     runtime = Runtime.select()
     runtime.prepare_model(model)
-    thresholds, tta = load_decision_thresholds(args.metrics, args.model)
+    thresholds, tta = load_decision_thresholds(args.metrics, paths)
     found = find_images(args.paths)
     problems = list(found.problems)
     files, parts = [], []

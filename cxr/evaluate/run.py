@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from cxr.atomic import atomic_path, write_json
-from cxr.checksums import sha256_of
 from cxr.config import Params
 from cxr.data.images import is_image, open_rgb
 from cxr.data.layout import UNLABELED
@@ -23,8 +22,8 @@ from cxr.evaluate.log import PlotLog, plot_log
 from cxr.evaluate.predict import score_images
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
-from cxr.model.checkpoint import load_checkpoint
 from cxr.model.decisions import label_name, screened_classes, thresholded
+from cxr.model.ensemble import explained, identity, load_scorer
 from cxr.model.inference import Runtime
 from cxr.model.spec import ModelSpec
 from cxr.progress import steps
@@ -136,7 +135,7 @@ def _screening(params: Params, spec: ModelSpec, labels, probs, preds, thresholds
 
 def evaluate(
     params: Params,
-    model_path: Path,
+    model_path: Path | list[Path],
     store_dir: Path,
     raw_dir: Path,
     metrics_path: Path,
@@ -144,11 +143,12 @@ def evaluate(
     live_dir: Path,
     submission_path: Path | None = None,
 ) -> dict:
-    """Score `model_path` on test; returns (and writes) the metrics. With `submission_path`, also
-    predict data/raw/unlabeled (a hand-in set) into that CSV."""
+    """Score `model_path` (a checkpoint, or a list of them: their ensemble) on test; returns (and
+    writes) the metrics. With `submission_path`, also predict data/raw/unlabeled (a hand-in set) into that CSV."""
     cfg, say = params.evaluate, steps("evaluate")
     runtime = Runtime.select()
-    model, spec, checkpoint = load_checkpoint(model_path)
+    paths = [Path(model_path)] if isinstance(model_path, (str, Path)) else list(model_path)
+    model, spec, checkpoint = load_scorer(paths)
     runtime.prepare_model(model)
     val, test = (SplitStore(store_dir, name, spec.image_size, spec.preprocessing) for name in ("val", "test"))
     if test.classes != spec.classes:
@@ -168,9 +168,11 @@ def evaluate(
     scores["threshold_rule"] = str(cfg.threshold) if thresholded(spec.classes, spec.multilabel) else "argmax"
     scores["screening"] = screening
     scores["checkpoint_epoch"] = checkpoint["epoch"]
-    scores["model_sha256"] = sha256_of(Path(model_path))  # lets `stages.predict` reuse these thresholds
+    scores["model_sha256"] = identity(paths)  # lets `stages.predict` and `external` reuse these thresholds
+    if len(paths) > 1:
+        scores["ensemble"] = checkpoint["members"]
     scores["tta"] = cfg.tta  # ... and the test-time augmentation they were fitted with
-    scores["attribution"] = attribution_summary(model, test, probs, preds, runtime)
+    scores["attribution"] = attribution_summary(explained(model), test, probs, preds, runtime)
     if submission_path is not None:
         scores["submission_rows"] = write_submission(
             model, spec, Path(raw_dir) / UNLABELED, thresholds, cfg, runtime, Path(submission_path)
@@ -181,7 +183,7 @@ def evaluate(
     with plot_log(live_dir) as log:
         _log_plots(log, test, probs, preds, spec.classes, screened, cfg.calibration_bins)
         if cfg.grid_images:
-            grid, cams = _gallery(model, spec, test, probs, preds, cfg.grid_images, raw_dir, runtime)
+            grid, cams = _gallery(explained(model), spec, test, probs, preds, cfg.grid_images, raw_dir, runtime)
             log.image("predictions.png", grid)
             if cams is not None:
                 log.image("gradcam.png", cams)
@@ -189,13 +191,13 @@ def evaluate(
     return scores
 
 
-def load_decision_thresholds(metrics_path: Path, model_path: Path) -> tuple[dict[str, float | None] | None, str]:
-    """The thresholds `evaluate` fitted for this very checkpoint and the test-time augmentation they
-    were fitted with, if its metrics file says so; else (None, "none")."""
+def load_decision_thresholds(metrics_path: Path, paths: list[Path]) -> tuple[dict[str, float | None] | None, str]:
+    """The thresholds `evaluate` fitted for this very checkpoint (or ensemble of `paths`) and the
+    test-time augmentation they were fitted with, if its metrics file says so; else (None, "none")."""
     if not Path(metrics_path).is_file():
         return None, "none"
     scores = json.loads(Path(metrics_path).read_text())
-    if scores.get("model_sha256") != sha256_of(Path(model_path)):
+    if scores.get("model_sha256") != identity(paths):
         return None, "none"
     thresholds = {cls: report.get("threshold") for cls, report in scores.get("screening", {}).items()}
     return thresholds, scores.get("tta", "none")

@@ -27,10 +27,11 @@ CLASS_METRICS = ("sensitivity", "specificity")
 
 
 class Pool:
-    """Every image of the decoded store (train, val and test together), with its raw file and labels."""
+    """Every image of the decoded store's `splits` (train, val and test together by default), with its
+    raw file and labels."""
 
-    def __init__(self, store_dir: Path, image_size: int):
-        self.parts = [SplitStore(store_dir, name, image_size) for name in SPLITS]
+    def __init__(self, store_dir: Path, image_size: int, splits: tuple[str, ...] = SPLITS):
+        self.parts = [SplitStore(store_dir, name, image_size) for name in splits]
         first = self.parts[0]
         self.classes, self.multilabel, self.image_size = first.classes, first.multilabel, image_size
         self.rows = [(k, i) for k, part in enumerate(self.parts) for i in range(len(part))]
@@ -182,7 +183,10 @@ def cross_validate(
         result = {"k": 0, "folds": []}
         write_json(metrics_path, result)
         return result
-    pool = Pool(store_dir, params.train.image_size)
+    # fold models that evaluate will average (evaluate.ensemble: folds) never see val or test: those
+    # splits stay for the ensemble's thresholds and scores, and the folds are made from train alone
+    pooled = ("train",) if params.evaluate.ensemble == "folds" else SPLITS
+    pool = Pool(store_dir, params.train.image_size, pooled)
     meta = pool_metadata(pool, raw_dir)  # labels.csv read once, for patients and sources
     group = pool_groups(pool, raw_dir, meta, params.verify.near_duplicate_bits)
     if params.data.folds == "source":
@@ -211,5 +215,6 @@ def cross_validate(
         folds.append({"fold": fold, **about[fold], "n": scores["n"], **fold_summary(scores)})
     result = aggregate(folds)
     result["protocol"] = "leave-one-source-out" if params.data.folds == "source" else "k-fold"
+    result["pool"] = "+".join(pooled)
     write_json(metrics_path, result)
     return result

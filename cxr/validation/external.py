@@ -21,8 +21,8 @@ from cxr.evaluate.log import PlotLog, plot_log
 from cxr.evaluate.predict import score_images
 from cxr.evaluate.run import load_decision_thresholds
 from cxr.evaluate.scores import classification_scores, multilabel_scores
-from cxr.model.checkpoint import load_checkpoint
 from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes
+from cxr.model.ensemble import load_scorer
 from cxr.model.inference import Runtime
 
 
@@ -119,17 +119,19 @@ def score_set(name: str, folder: Path, model, spec, scoring: Scoring, training: 
     return scores
 
 
-def validate_externally(params, model_path: Path, metrics: Path, raw_dir: Path, out: Path, live_dir: Path) -> dict:
-    """Score every set of `evaluate.external`; write and return metrics/external.json (keyed by set)."""
+def validate_externally(params, paths: list[Path], metrics: Path, raw_dir: Path, out: Path, live_dir: Path) -> dict:
+    """Score every set of `evaluate.external` with the model of `paths` (one checkpoint, or the fold
+    models as an ensemble); write and return metrics/external.json (keyed by set)."""
     sets = params.evaluate.external
     results: dict = {}
     if sets:
-        model, spec, _ = load_checkpoint(model_path)
+        model, spec, _ = load_scorer(paths)
         runtime = Runtime.select()
         runtime.prepare_model(model)
-        thresholds, tta = load_decision_thresholds(metrics, model_path)
+        thresholds, tta = load_decision_thresholds(metrics, paths)
         if thresholds is None:
-            raise DatasetError(f"{metrics}: not written for {model_path}; run `dvc repro evaluate` first")
+            scored = paths[0] if len(paths) == 1 else f"the ensemble of {len(paths)} fold models"
+            raise DatasetError(f"{metrics}: not written for {scored}; run `dvc repro evaluate` first")
         scoring = Scoring(thresholds, tta, params.evaluate.batch_size, runtime)
         training = TrainingImages.read(raw_dir, params.verify.near_duplicate_bits, params.verify.max_pixels)
         with plot_log(live_dir) as log:

@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -180,6 +181,39 @@ def test_five_fold_cross_validation_runs_through_dvc(repo):
         assert forced.count("kept from an earlier run") == 5 and "train: resnet18" not in forced, forced
         assert json.loads((repo / "metrics/cv.json").read_text()) == cv
         assert [json.loads((repo / f"models/cv/fold{i}/test.json").read_text()) for i in range(5)] == per_fold
+    finally:
+        run(repo, "git", "checkout", "--", "params.yaml")
+        dvc(repo, "repro")
+
+
+def test_fold_ensemble_is_what_evaluate_external_export_and_predict_score(repo, tmp_path):
+    """evaluate.ensemble: folds: the folds come from the train split alone, evaluate fits its thresholds on
+    the ensemble's validation probabilities, export checks the ensemble's graph, and stages.predict given
+    models/cv gives the test probabilities evaluate wrote."""
+    import csv
+
+    set_param(repo, "data", "folds", 3)
+    set_param(repo, "evaluate", "ensemble", "folds")
+    try:
+        _, out = dvc(repo, "repro")
+        assert "Running stage 'train'" not in out and "match the ensemble of 3 fold models" in out, out
+        cv = json.loads((repo / "metrics/cv.json").read_text())
+        assert cv["pool"] == "train" and sum(f["n"] for f in cv["folds"]) == 24  # the 24 train images only
+        scores = json.loads((repo / "metrics/test.json").read_text())
+        assert scores["ensemble"] == [f"models/cv/fold{i}/model.pt" for i in range(3)]
+        assert len(scores["checkpoint_epoch"]) == 3
+        with (repo / "metrics/predictions.csv").open() as f:
+            written = {row["path"]: float(row["p_infected"]) for row in csv.DictReader(f)}
+        out_csv = tmp_path / "predicted.csv"
+        predict = ("-m", "stages.predict", "data/raw/test", "--model", "models/cv", "--out", str(out_csv))
+        run(repo, sys.executable, *predict)
+        with out_csv.open() as f:
+            predicted = {str(Path(row["path"]).relative_to("data/raw")): float(row["p_infected"])
+                         for row in csv.DictReader(f)}  # fmt: skip
+        assert predicted.keys() == written.keys()
+        assert max(abs(predicted[k] - written[k]) for k in written) < 1e-5
+        _, again = dvc(repo, "repro")
+        assert "Running stage" not in again, again
     finally:
         run(repo, "git", "checkout", "--", "params.yaml")
         dvc(repo, "repro")

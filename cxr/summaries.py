@@ -81,10 +81,12 @@ def external_summary(results: dict) -> dict:
 
 
 def cv_summary(result: dict) -> dict:
-    """crossval: the number of folds and the mean and spread of accuracy and macro F1 over them."""
+    """crossval: the number of folds, the mean and spread of accuracy and macro F1 over them, and both
+    over every fold's test films pooled (under leave-one-source-out, the films of unseen sources)."""
     out: dict = {"folds": result["k"]}
     if result["k"]:
         for key in ("accuracy", "f1_macro"):
             out[f"cv_{key}"] = _rounded(result[f"{key}_mean"])
             out[f"cv_{key}_std"] = _rounded(result[f"{key}_std"])
+            out[f"cv_pooled_{key}"] = _rounded(result.get("pooled", {}).get(key))  # every fold's films together
     return out

@@ -151,6 +151,31 @@ def aggregate(folds: list[dict]) -> dict:
     return out
 
 
+def pooled_scores(prediction_files: list[Path]) -> dict:
+    """Accuracy and macro F1 over every fold's test predictions together (each image scored once, by the
+    model that never saw it, or its source). Macro F1 is over the classes the tests hold: with one
+    source per fold a fold's own macro F1 mostly averages in classes it does not hold; multi-label: none."""
+    import csv
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    true, predicted = [], []
+    for path in prediction_files:
+        with Path(path).open(newline="") as f:
+            for row in csv.DictReader(f):
+                true.append(row["true"])
+                predicted.append(row["predicted"])
+    if not true or any(";" in t for t in true + predicted):
+        return {"n": len(true), "accuracy": None, "f1_macro": None, "classes": []}
+    tested = sorted(set(true))
+    return {
+        "n": len(true),
+        "accuracy": round(float(accuracy_score(true, predicted)), 6),
+        "f1_macro": round(float(f1_score(true, predicted, labels=tested, average="macro", zero_division=0)), 6),
+        "classes": tested,
+    }
+
+
 def fold_signature(params: Params, classes: tuple[str, ...], fold: int, decoded: Path, code: str) -> dict:
     """Everything that makes fold `fold`'s result: the params that change one, its images, the code."""
     return {
@@ -216,5 +241,6 @@ def cross_validate(
     result = aggregate(folds)
     result["protocol"] = "leave-one-source-out" if params.data.folds == "source" else "k-fold"
     result["pool"] = "+".join(pooled)
+    result["pooled"] = pooled_scores([work_dir / f"fold{fold}" / "predictions.csv" for fold in range(k)])
     write_json(metrics_path, result)
     return result

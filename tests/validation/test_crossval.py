@@ -144,6 +144,10 @@ def test_leave_one_source_out_tests_each_source_on_a_model_that_never_saw_it(dem
         assert tested and all(source[p.split("/", 1)[1]] == name for p in tested), (name, tested[:3])
         assert len(tested) == cv["folds"][fold]["n"]
     assert cv["accuracy_mean"] == pytest.approx((a["accuracy"] + b["accuracy"]) / 2, abs=1e-6)  # macro over sources
+    pooled = cv["pooled"]  # every scored film together: accuracy weighted by films, F1 over the tested classes
+    assert pooled["n"] == a["n"] + b["n"] and pooled["classes"] == ["infected"]
+    weighted = (a["accuracy"] * a["n"] + b["accuracy"] * b["n"]) / pooled["n"]
+    assert pooled["accuracy"] == pytest.approx(weighted, abs=1e-5)
     assert json.loads((tmp_path / "cv.json").read_text()) == cv
 
 

@@ -23,7 +23,7 @@ from cxr.evaluate.predict import score_images
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
 from cxr.model.decisions import label_name, screened_classes, thresholded
-from cxr.model.ensemble import explained, identity, load_scorer
+from cxr.model.ensemble import as_paths, explained, identity, load_scorer
 from cxr.model.inference import Runtime
 from cxr.model.spec import ModelSpec
 from cxr.progress import steps
@@ -147,7 +147,7 @@ def evaluate(
     writes) the metrics. With `submission_path`, also predict data/raw/unlabeled (a hand-in set) into that CSV."""
     cfg, say = params.evaluate, steps("evaluate")
     runtime = Runtime.select()
-    paths = [Path(model_path)] if isinstance(model_path, (str, Path)) else list(model_path)
+    paths = as_paths(model_path)
     model, spec, checkpoint = load_scorer(paths)
     runtime.prepare_model(model)
     val, test = (SplitStore(store_dir, name, spec.image_size, spec.preprocessing) for name in ("val", "test"))

@@ -54,6 +54,11 @@ def scored_paths(ensemble: str, model_path: Path, cv_dir: Path) -> list[Path]:
     return member_paths(cv_dir) if ensemble == "folds" else [Path(model_path)]
 
 
+def as_paths(scored: Path | str | list[Path]) -> list[Path]:
+    """One checkpoint's path, or an ensemble's list of them, as a list."""
+    return [Path(scored)] if isinstance(scored, (str, Path)) else [Path(p) for p in scored]
+
+
 def identity(paths: list[Path]) -> str:
     """The sha256 a scored model is known by: its checkpoint's, or for an ensemble that of its members' in order."""
     if len(paths) == 1:

@@ -22,7 +22,7 @@ from cxr.evaluate.predict import score_images
 from cxr.evaluate.run import load_decision_thresholds
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes
-from cxr.model.ensemble import load_scorer
+from cxr.model.ensemble import as_paths, load_scorer
 from cxr.model.inference import Runtime
 
 
@@ -119,10 +119,12 @@ def score_set(name: str, folder: Path, model, spec, scoring: Scoring, training: 
     return scores
 
 
-def validate_externally(params, paths: list[Path], metrics: Path, raw_dir: Path, out: Path, live_dir: Path) -> dict:
-    """Score every set of `evaluate.external` with the model of `paths` (one checkpoint, or the fold
-    models as an ensemble); write and return metrics/external.json (keyed by set)."""
-    sets = params.evaluate.external
+def validate_externally(
+    params, scored: Path | list[Path], metrics: Path, raw_dir: Path, out: Path, live_dir: Path
+) -> dict:
+    """Score every set of `evaluate.external` with `scored` (one checkpoint, or the fold checkpoints
+    as an ensemble); write and return metrics/external.json (keyed by set)."""
+    paths, sets = as_paths(scored), params.evaluate.external
     results: dict = {}
     if sets:
         model, spec, _ = load_scorer(paths)

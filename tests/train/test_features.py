@@ -158,7 +158,7 @@ def test_augmented_training_runs_the_full_model(tmp_path, demo_root, capsys):
         tiny_params_dict(
             freeze="backbone",
             epochs=1,
-            augment={"hflip": 0.5, "rotate": 5.0, "crop": 0.9, "brightness": 0.1, "contrast": 0.1},
+            augment={**tiny_params_dict()["train"]["augment"], "hflip": 0.5, "rotate": 5.0, "brightness": 0.1},
         )
     )
     decode(params, demo_root, tmp_path / "data/decoded", tmp_path / "none.json")

@@ -64,7 +64,11 @@ def _model_section(params: Params, spec: ModelSpec, test: dict, exported: dict) 
         "`models/export/model.onnx` and `models/export/model.torchscript.pt`: input `pixels` float32 "
         f"(N, 1, {spec.image_size}, {spec.image_size}) in 0..255, output `logits` (N, {len(spec.classes)}); "
         f"both match the checkpoint on {exported.get('images')} test images to {worst:.1e} (max abs logit difference).",
-    ]
+    ] + ([
+        f"- Scored and exported as the ensemble of {len(test['ensemble'])} fold models (`evaluate.ensemble: folds`, "
+        "`models/cv/fold*/model.pt`; `python -m stages.predict --model models/cv`): the logits are those of the mean "
+        "of their probabilities, and the best epochs above are theirs."
+    ] if test.get("ensemble") else [])  # fmt: skip
 
 
 def _data_section(params: Params, data: dict) -> list[str]:

@@ -178,9 +178,10 @@ def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def source_balanced(sources: Sequence[str], where: str) -> torch.Tensor:
     """`train.sampler: source`: each image's chance of a draw, so that every source is drawn equally
-    often (1 / (sources x its source's images)); refused, naming `where`, when a source is missing."""
+    often (1 / (sources x its source's images)). With no source named at all (no `source` column) the
+    films are one source, drawn equally; refused, naming `where`, when only some name one."""
     unnamed = sum(1 for s in sources if not s)
-    if unnamed:
+    if unnamed and unnamed < len(sources):
         raise PipelineError(
             f"train.sampler: source needs a `source` for every training image in labels.csv; {unnamed} of "
             f"{len(sources)} in {where} have none; fill the column or use train.sampler: shuffle"

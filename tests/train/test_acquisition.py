@@ -81,6 +81,7 @@ def test_source_sampler_draws_each_source_equally():
     assert sorted(shuffled.tolist()) == list(range(100))  # shuffle: each image once
     with pytest.raises(PipelineError, match=r"2 of 3 in data/decoded/train have none"):
         source_balanced(["a", "", ""], "data/decoded/train")
+    assert torch.equal(source_balanced(["", "", "", ""], "train"), torch.full((4,), 0.25, dtype=torch.float64))
 
 
 def test_store_records_each_films_source_and_train_balances_them(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-UNITS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR"}
+PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"}  # palette colour is refused
 
 
 class DicomError(ValueError):
@@ -38,8 +38,10 @@ def _window(values: np.ndarray, center: float, width: float, function: str) -> n
 
 
 def _first(value) -> float:
-    """The first of a multi-valued DICOM number (WindowCenter may hold several windows)."""
-    return float(value[0] if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") else value)
+    """The first of a possibly multi-valued DICOM number (WindowCenter may hold several windows)."""
+    from pydicom.multival import MultiValue
+
+    return float(value[0] if isinstance(value, MultiValue) else value)
 
 
 def film_values(ds) -> np.ndarray:
@@ -50,12 +52,10 @@ def film_values(ds) -> np.ndarray:
     if frames != 1:
         raise DicomError(f"{frames} frames; a radiograph has one (export the film as a single-frame file)")
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if photometric not in UNITS:
-        raise DicomError(f"photometric interpretation {photometric!r} is not supported")
+    if photometric not in PHOTOMETRIC:
+        raise DicomError(f"photometric interpretation {photometric!r} is not one a radiograph is stored in")
     pixels = ds.pixel_array
     if pixels.ndim == 3:  # colour secondary capture: pydicom gives RGB; ITU-R 601 luma, as for colour PNGs
-        if photometric == "PALETTE COLOR":
-            raise DicomError("palette colour images are not radiographs")
         rgb = pixels.astype(np.float64)
         return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114) / 255.0
     modality = np.asarray(apply_modality_lut(pixels, ds))

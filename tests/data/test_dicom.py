@@ -103,3 +103,6 @@ def test_bad_dicom_is_refused_by_name(tmp_path):
     frames = write_dicom(tmp_path / "frames.dcm", np.concatenate([STORED, STORED]), NumberOfFrames=2)
     with pytest.raises(DicomError, match=r"frames\.dcm: 2 frames; a radiograph has one"):
         open_gray(frames)
+    palette = write_dicom(tmp_path / "palette.dcm", STORED, "PALETTE COLOR")
+    with pytest.raises(DicomError, match=r"palette\.dcm: photometric interpretation 'PALETTE COLOR' is not one"):
+        open_gray(palette)

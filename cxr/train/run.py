@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from cxr.config import Params
-from cxr.data.radiograph import InputRecipe
 from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
 from cxr.model.checkpoint import save_checkpoint
@@ -41,12 +40,14 @@ from cxr.train.optim import make_optimizer, make_schedule
 from cxr.train.state import Run, restore_training_state, run_signature, save_training_state, shadow_of
 
 
-def _inputs(params: Params, store_dir: Path, features_dir: Path, model, runtime: Runtime, generator):
+def _inputs(
+    params: Params, store_dir: Path, features_dir: Path, model, preprocessing: str, runtime: Runtime, generator
+):
     """Train and val inputs, how to prepare a training batch (None: cached features, used as they
     are) and a note saying which path runs."""
     cfg = params.train
-    recipe = InputRecipe.from_params(cfg.input).name  # the rows decode made must be the ones the spec records
-    stores = {name: SplitStore(store_dir, name, cfg.image_size, recipe) for name in ("train", "val")}
+    # the rows decode made must be the ones the spec records (train.input)
+    stores = {name: SplitStore(store_dir, name, cfg.image_size, preprocessing) for name in ("train", "val")}
     if stores["train"].multilabel != (params.data.task == "multilabel"):
         raise StoreError(f"{store_dir}: decoded for another data.task; run `dvc repro` so decode follows params")
     labels = {name: torch.from_numpy(s.labels) for name, s in stores.items()}
@@ -77,7 +78,7 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
     train_store = SplitStore(store_dir, "train", cfg.image_size)
     classes, sources = train_store.classes, train_store.sources
     model, spec, trainable = initial_model(params, classes)
-    data, prepare, note = _inputs(params, store_dir, features_dir, model, runtime, generator)
+    data, prepare, note = _inputs(params, store_dir, features_dir, model, spec.preprocessing, runtime, generator)
     cached = prepare is None  # only the head runs: the backbone's output is cached
     net = model.get_submodule(head_name(model)) if cached else model
     runtime.prepare_model(model)

@@ -261,6 +261,7 @@ class EvaluateConfig(_Section):
     grid_images: Annotated[int, Field(ge=0, le=64)]
     tta: Literal["none", "hflip"]
     ensemble: Literal["none", "folds"]
+    coverage: Annotated[float, Field(gt=0, lt=1)]
     external: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], str]
 
     @field_validator("threshold")

@@ -14,13 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from cxr.atomic import write_text
 from cxr.data.images import DEFAULT_MAX_PIXELS
-from cxr.data.store import decode_all
-from cxr.evaluate.predict import decide, find_images, render, score_images
-from cxr.evaluate.run import load_decision_thresholds
+from cxr.evaluate.doubt import Scorer
+from cxr.evaluate.predict import assess_files, decide, find_images, render
+from cxr.evaluate.run import load_abstention, load_decision_thresholds
 from cxr.model.ensemble import load_scorer, member_paths
 from cxr.model.inference import Runtime
 from cxr.paths import MODEL_PATH, TEST_METRICS
@@ -50,36 +48,31 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     paths = member_paths(args.model) if args.model.is_dir() else [args.model]  # a folder: its fold models' ensemble
-    model, spec, _ = load_scorer(paths)
+    model, spec, payload = load_scorer(paths)
     runtime = Runtime.select()
     runtime.prepare_model(model)
     thresholds, tta = load_decision_thresholds(args.metrics, paths)
+    rule = load_abstention(args.metrics, paths)
+    scorer = Scorer(model, spec, payload["densities"], args.batch_size, tta, runtime, args.max_pixels)
     found = find_images(args.paths)
-    problems = list(found.problems)
-    files, parts = [], []
-    for start in range(0, len(found.files), IMAGES_PER_PASS):  # decoded a chunk at a time: memory stays bounded
-        good, pixels, unreadable = decode_all(
-            found.files[start : start + IMAGES_PER_PASS], spec.image_size, args.max_pixels, spec.preprocessing
-        )
-        problems += unreadable
-        if good:
-            files += good
-            parts.append(score_images(model, spec, pixels, args.batch_size, tta, runtime))
+    scored = assess_files(scorer, found.files, rule, IMAGES_PER_PASS)
+    problems = list(found.problems) + scored.problems
     for path, why in problems:
         print(f"predict: skipped {path}: {why}", file=sys.stderr)
-    if not files:
+    if not scored.files:
         print("predict: no readable images among the given paths", file=sys.stderr)
         return 1
-    probs = np.concatenate(parts)
-    decisions, used = decide(spec, probs, thresholds)
+    decisions, used = decide(spec, scored.doubt.probs, thresholds)
     source = f"fitted by evaluate ({args.metrics})" if thresholds else "default"
     where = ", ".join(f"{c} {t:.3f}" for c, t in used.items()) or "argmax"
+    abstained = sum(bool(r) for r in scored.reasons)
+    doubt = "fitted by evaluate" if rule else f"model-free checks only: no abstention rule in {args.metrics} for it"
     print(
-        f"predict: {len(files)} images with {args.model} ({spec.arch}, {spec.image_size} px); "
-        f"threshold {where} ({source})",
+        f"predict: {len(scored.files)} images with {args.model} ({spec.arch}, {spec.image_size} px); "
+        f"threshold {where} ({source}); abstains on {abstained} ({doubt})",
         file=sys.stderr,
     )
-    text = render(files, probs, decisions, spec.classes, "json" if args.out and args.out.suffix == ".json" else "csv")
+    text = render(scored, decisions, spec.classes, "json" if args.out and args.out.suffix == ".json" else "csv")
     if args.out:
         write_text(args.out, text)
         print(f"predict: wrote {args.out}", file=sys.stderr)

@@ -33,6 +33,11 @@ class PlotLog:
     def confusion(self, truth: list[str], predicted: list[str], name: str = "confusion_matrix.json") -> None:
         self.live.log_sklearn_plot("confusion_matrix", truth, predicted, name=name)
 
+    def table(self, name: str, rows: list[dict]) -> None:
+        """Rows of numbers at plots/custom/`name` (a `dvc plots` data file; dvc.yaml's `plots:` draws it)."""
+        path = Path(self.live.plots_dir) / "custom" / name
+        write_text(path, json.dumps(rows, indent=1))
+
     def image(self, name: str, image) -> None:
         self.live.log_image(name, image)
 

@@ -12,9 +12,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr.data.film_checks import check_files
 from cxr.data.images import IMAGE_SUFFIXES
-from cxr.data.radiograph import InputRecipe, RecipeError
-from cxr.model.checkpoint import CheckpointError
+from cxr.data.store import decode_all
+from cxr.evaluate.doubt import (
+    DOUBT_COLUMNS,
+    Abstention,
+    Assessment,
+    Scorer,
+    checks_only,
+    doubt_cells,
+    joined,
+    require_recipe,
+)
 from cxr.model.decisions import DEFAULT_THRESHOLD, label_name, screened_classes, thresholded
 from cxr.model.inference import Runtime, predict_probabilities
 from cxr.model.spec import ModelSpec
@@ -66,27 +76,63 @@ def score_images(model, spec: ModelSpec, images, batch_size: int, tta: str, runt
     """Class probabilities (float64) of decoded images, a (N, C, S, S) uint8 array or tensor or a
     SplitStore, with `tta` as `evaluate.tta`: the one scoring path of evaluate, external sets,
     cross-validation folds and `stages.predict`. `model` is on `runtime` (Runtime.prepare_model)."""
-    try:
-        InputRecipe.from_name(spec.preprocessing)
-    except RecipeError as exc:
-        raise CheckpointError(f"checkpoint: {exc}; score it with the version that trained it") from exc
+    require_recipe(spec)
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     probs = predict_probabilities(model, images, batch_size, runtime, spec.probabilities, tta)
     return probs.numpy().astype(np.float64)  # JSON-friendly floats
 
 
-def render(files: Sequence[Path], probs: np.ndarray, decisions: Sequence[str], classes, fmt: str) -> str:
-    """The predictions as CSV (path, p_<class>..., decision) or JSON."""
+@dataclass
+class Scored:
+    """Files that decoded, their assessment and abstention reasons; the files that did not, with why."""
+
+    files: list[Path]
+    doubt: Assessment
+    checks: list[str]  # film_checks' finding per file ('' = passed)
+    reasons: list[str]
+    problems: list[tuple[str, str]]
+
+
+def assess_files(scorer: Scorer, files: Sequence[Path], rule: Abstention | None, chunk: int = 256) -> Scored:
+    """Decode (with the checkpoint's recipe), check and score files a chunk at a time (memory stays
+    bounded): the one path of predict, external and serve. Without a fitted `rule` (no evaluate
+    metrics for this model) only the model-free checks make it abstain."""
+    spec, good, parts, problems, checks = scorer.spec, [], [], [], []
+    for start in range(0, len(files), chunk):
+        ok, pixels, unreadable = decode_all(
+            list(files[start : start + chunk]), spec.image_size, scorer.max_pixels, spec.preprocessing
+        )
+        problems += unreadable
+        if ok:
+            good += ok
+            parts.append(scorer.assess(pixels))
+            checks += check_files(ok, scorer.max_pixels)
+    doubt = joined(parts, len(spec.classes))
+    reasons = rule.reasons(doubt, checks) if rule is not None else checks_only(checks, len(good))
+    return Scored(good, doubt, checks, reasons, problems)
+
+
+def render(scored: Scored, decisions: Sequence[str], classes, fmt: str) -> str:
+    """The predictions as CSV (path, p_<class>..., decision, ood_score, uncertainty, abstain, reason) or JSON."""
+    doubt = scored.doubt
     if fmt == "json":
-        rows = [
-            {"path": str(f), "probabilities": dict(zip(classes, map(float, p), strict=True)), "decision": d}
-            for f, p, d in zip(files, probs, decisions, strict=True)
-        ]
+        rows = []
+        for i, (f, d) in enumerate(zip(scored.files, decisions, strict=True)):
+            ood, spread, abstain, reason = doubt_cells(doubt, i, scored.reasons)
+            rows.append({
+                "path": str(f),
+                "probabilities": dict(zip(classes, map(float, doubt.probs[i]), strict=True)),
+                "decision": d,
+                "ood_score": float(ood) if ood else None,
+                "uncertainty": float(spread),
+                "abstain": abstain == "yes",
+                "reason": reason,
+            })  # fmt: skip
         return json.dumps(rows, indent=2) + "\n"
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["path", *(f"p_{c}" for c in classes), "decision"])
-    for f, p, d in zip(files, probs, decisions, strict=True):
-        writer.writerow([str(f), *(f"{x:.6f}" for x in p), d])
+    writer.writerow(["path", *(f"p_{c}" for c in classes), "decision", *DOUBT_COLUMNS])
+    for i, (f, d) in enumerate(zip(scored.files, decisions, strict=True)):
+        writer.writerow([str(f), *(f"{x:.6f}" for x in doubt.probs[i]), d, *doubt_cells(doubt, i, scored.reasons)])
     return out.getvalue()

@@ -13,13 +13,23 @@ import torch
 
 from cxr.atomic import atomic_path, write_json
 from cxr.config import Params
+from cxr.data.film_checks import check_files
 from cxr.data.images import is_image, open_rgb
 from cxr.data.layout import UNLABELED
 from cxr.data.store import SplitStore, StoreError, decode_all
+from cxr.evaluate.doubt import (
+    DOUBT_COLUMNS,
+    Abstention,
+    Assessment,
+    Scorer,
+    doubt_cells,
+    right,
+    risk_coverage,
+    selective_scores,
+)
 from cxr.evaluate.gallery import Outcomes, pick_examples, prediction_grid
 from cxr.evaluate.gradcam import attribution_shares, gradcam, gradcam_layer, overlay
 from cxr.evaluate.log import PlotLog, plot_log
-from cxr.evaluate.predict import score_images
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.evaluate.screening import ThresholdRule, operating_points, screening_report
 from cxr.model.decisions import label_name, screened_classes, thresholded
@@ -36,16 +46,18 @@ def _class_view(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, i: int
     return labels == i, probs[:, i], preds == i
 
 
-def write_predictions(path: Path, test: SplitStore, probs: np.ndarray, preds: np.ndarray, classes) -> None:
-    """metrics/predictions.csv: one row per test image with true and predicted label(s) and
-    every class probability."""
+def write_predictions(
+    path: Path, test: SplitStore, doubt: Assessment, preds: np.ndarray, classes, reasons: list[str]
+) -> None:
+    """metrics/predictions.csv: one row per test image with true and predicted label(s), every
+    class probability, and the doubt columns (cxr.evaluate.doubt): ood_score, uncertainty, abstain, reason."""
 
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
+        writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes), *DOUBT_COLUMNS])
         for i, file in enumerate(test.files):
             true, pred = (label_name(row, classes, test.multilabel) for row in (test.labels[i], preds[i]))
-            writer.writerow([file, true, pred, *(f"{p:.6f}" for p in probs[i])])
+            writer.writerow([file, true, pred, *(f"{p:.6f}" for p in doubt.probs[i]), *doubt_cells(doubt, i, reasons)])
 
 
 def _log_plots(log: PlotLog, test: SplitStore, probs, preds, classes, screened: list[int], bins: int) -> None:
@@ -67,23 +79,25 @@ def _log_plots(log: PlotLog, test: SplitStore, probs, preds, classes, screened: 
         log.confusion(names[test.labels].tolist(), names[preds].tolist())
 
 
-def write_submission(model, spec: ModelSpec, unlabeled: Path, thresholds, cfg, runtime, path: Path) -> int:
+def write_submission(scorer: Scorer, unlabeled: Path, thresholds, rule: Abstention, path: Path) -> int:
     """Predictions for the images of data/raw/unlabeled (a hand-in set) as a submission CSV:
-    file (relative to that folder), label (the decision) and every class probability. Returns
-    the row count; with no such folder the file holds only its header. `cfg` is params.evaluate
-    (batch size and test-time augmentation, as for the test split)."""
+    file (relative to that folder), label (the decision), every class probability and the doubt
+    columns. Returns the row count; with no such folder the file holds only its header."""
     files = sorted(p for p in unlabeled.rglob("*") if is_image(p)) if unlabeled.is_dir() else []
+    spec = scorer.spec
     good, pixels, problems = decode_all(files, spec.image_size, preprocessing=spec.preprocessing)
     for bad, why in problems:
         print(f"evaluate: submission: skipped {bad}: {why}")
-    probs = score_images(model, spec, pixels, cfg.batch_size, cfg.tta, runtime)
-    decided = spec.decide(probs, thresholds) if len(good) else []
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+    doubt = scorer.assess(pixels)
+    reasons = rule.reasons(doubt, check_files(good, scorer.max_pixels))
+    decided = spec.decide(doubt.probs, thresholds) if len(good) else []
+    with atomic_path(Path(path)) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "label", *(f"p_{c}" for c in spec.classes)])
-        for file, row, decision in zip(good, probs, decided, strict=True):
+        writer.writerow(["file", "label", *(f"p_{c}" for c in spec.classes), *DOUBT_COLUMNS])
+        for i, (file, decision) in enumerate(zip(good, decided, strict=True)):
             label = label_name(decision, spec.classes, spec.multilabel)
-            writer.writerow([file.relative_to(unlabeled).as_posix(), label, *(f"{p:.6f}" for p in row)])
+            probs = (f"{p:.6f}" for p in doubt.probs[i])
+            writer.writerow([file.relative_to(unlabeled).as_posix(), label, *probs, *doubt_cells(doubt, i, reasons)])
     return len(good)
 
 
@@ -155,49 +169,100 @@ def evaluate(
         raise StoreError(f"{store_dir}: classes {list(test.classes)} differ from the model's {list(spec.classes)}")
 
     say(f"{len(val)} validation and {len(test)} test images through the model (tta: {cfg.tta})")
-    val_probs, probs = (score_images(model, spec, s, cfg.batch_size, cfg.tta, runtime) for s in (val, test))
+    scorer = Scorer(model, spec, checkpoint["densities"], cfg.batch_size, cfg.tta, runtime, params.verify.max_pixels)
+    val_doubt = scorer.assess(val)
+    rule, doubt, test_checks = fit_abstention(scorer, cfg.coverage, val_doubt, (val, test), raw_dir)
+    val_probs, probs, reasons = val_doubt.probs, doubt.probs, rule.reasons(doubt, test_checks)
     say(f"scores and intervals ({cfg.bootstrap} bootstrap resamples for F1 and AUCs), Grad-CAM attribution")
-    rule = ThresholdRule(cfg.threshold)
-    preds, thresholds = operating_points(spec.classes, spec.multilabel, val.labels, val_probs, probs, rule)
+    preds, thresholds = operating_points(
+        spec.classes, spec.multilabel, val.labels, val_probs, probs, ThresholdRule(cfg.threshold)
+    )
     if spec.multilabel:
         scores = multilabel_scores(test.labels, probs, spec.classes, list(thresholds.values()))
     else:
         scores = classification_scores(test.labels, probs, spec.classes, preds)
-    screened = screened_classes(spec.classes, spec.multilabel)
-    screening = _screening(params, spec, test.labels, probs, preds, thresholds)
     scores["threshold_rule"] = str(cfg.threshold) if thresholded(spec.classes, spec.multilabel) else "argmax"
-    scores["screening"] = screening
+    scores["screening"] = _screening(params, spec, test.labels, probs, preds, thresholds)
     scores["checkpoint_epoch"] = checkpoint["epoch"]
     scores["model_sha256"] = identity(paths)  # lets `stages.predict` and `external` reuse these thresholds
     if len(paths) > 1:
         scores["ensemble"] = checkpoint["members"]
     scores["tta"] = cfg.tta  # ... and the test-time augmentation they were fitted with
     scores["attribution"] = attribution_summary(explained(model), test, probs, preds, runtime)
+    scores["abstention"] = abstention_report(rule, doubt, test_checks, reasons, test.labels, preds, spec)
     if submission_path is not None:
         scores["submission_rows"] = write_submission(
-            model, spec, Path(raw_dir) / UNLABELED, thresholds, cfg, runtime, Path(submission_path)
+            scorer, Path(raw_dir) / UNLABELED, thresholds, rule, submission_path
         )
     write_json(metrics_path, scores)
-    write_predictions(predictions_path, test, probs, preds, spec.classes)
+    write_predictions(predictions_path, test, doubt, preds, spec.classes, reasons)
     say(f"plots and galleries ({cfg.grid_images} images per grid)")
+    _plots(live_dir, cfg, scorer, test, doubt, preds, raw_dir)
+    say("done")
+    return scores
+
+
+def _plots(live_dir: Path, cfg, scorer: Scorer, test: SplitStore, doubt: Assessment, preds, raw_dir) -> None:
+    """Curves, confusion matrices, the risk-coverage curve and the galleries of the test split."""
+    model, spec, runtime, probs = scorer.model, scorer.spec, scorer.runtime, doubt.probs
     with plot_log(live_dir) as log:
+        screened = screened_classes(spec.classes, spec.multilabel)
         _log_plots(log, test, probs, preds, spec.classes, screened, cfg.calibration_bins)
+        log.table("risk_coverage.json", risk_coverage(right(test.labels, preds), doubt.uncertainty))
         if cfg.grid_images:
             grid, cams = _gallery(explained(model), spec, test, probs, preds, cfg.grid_images, raw_dir, runtime)
             log.image("predictions.png", grid)
             if cams is not None:
                 log.image("gradcam.png", cams)
-    say("done")
-    return scores
+
+
+def fit_abstention(scorer: Scorer, coverage: float, val_doubt: Assessment, splits: tuple, raw_dir: Path):
+    """The abstention rule fitted on validation (its films' assessment `val_doubt` and model-free
+    checks), and the test films' assessment and checks: (rule, test assessment, test checks).
+    `splits`: the (val, test) stores, whose files lie under `raw_dir`."""
+    val, test = splits
+    steps("evaluate")("checks that each film is a radiograph; the abstention rule fitted on validation")
+    val_checks, test_checks = (
+        check_files([Path(raw_dir) / f for f in s.files], scorer.max_pixels) for s in (val, test)
+    )
+    rule = Abstention.fit(coverage, val_doubt, val_checks)
+    return rule, scorer.assess(test), test_checks
+
+
+def abstention_report(rule: Abstention, doubt: Assessment, checks, reasons, labels, preds, spec: ModelSpec) -> dict:
+    """metrics/test.json `abstention`: the fitted rule, how many test films it flags and leaves
+    uncertain, and the scores on every film against those on the films answered."""
+    flags = rule.flags(doubt, checks)
+    return {
+        **rule.to_json(),
+        "uncertainty_over": doubt.spread_over,
+        "ood_scored": bool(np.isfinite(doubt.ood).any()),
+        "flagged": sum(bool(f) for f in flags),
+        "flagged_share": float(np.mean([bool(f) for f in flags])) if flags else 0.0,
+        "failed_checks": sum(bool(c) for c in checks),
+        **selective_scores(labels, preds, reasons, spec.classes, spec.multilabel),
+    }
 
 
 def load_decision_thresholds(metrics_path: Path, paths: list[Path]) -> tuple[dict[str, float | None] | None, str]:
     """The thresholds `evaluate` fitted for this very checkpoint (or ensemble of `paths`) and the
     test-time augmentation they were fitted with, if its metrics file says so; else (None, "none")."""
-    if not Path(metrics_path).is_file():
-        return None, "none"
-    scores = json.loads(Path(metrics_path).read_text())
-    if scores.get("model_sha256") != identity(paths):
+    scores = _own_metrics(metrics_path, paths)
+    if scores is None:
         return None, "none"
     thresholds = {cls: report.get("threshold") for cls, report in scores.get("screening", {}).items()}
     return thresholds, scores.get("tta", "none")
+
+
+def load_abstention(metrics_path: Path, paths: list[Path]) -> Abstention | None:
+    """The abstention rule `evaluate` fitted for this very checkpoint (or ensemble), or None."""
+    scores = _own_metrics(metrics_path, paths)
+    return Abstention.from_json(scores.get("abstention")) if scores else None
+
+
+def _own_metrics(metrics_path: Path, paths: list[Path]) -> dict | None:
+    """metrics/test.json when it was written for this checkpoint (or ensemble of `paths`), else None."""
+    if not Path(metrics_path).is_file():
+        return None
+    scores = json.loads(Path(metrics_path).read_text())
+    return scores if scores.get("model_sha256") == identity(paths) else None

@@ -19,6 +19,7 @@ from torch import nn
 from cxr.checksums import sha256_of
 from cxr.model.checkpoint import CheckpointError, load_checkpoint
 from cxr.model.decisions import probabilities
+from cxr.model.ood import FeatureDensity
 from cxr.model.spec import ModelSpec
 
 EPSILON = 1e-7  # probabilities are kept off 0 and 1 before their logits are taken
@@ -68,16 +69,22 @@ def identity(paths: list[Path]) -> str:
 
 def load_scorer(paths: list[Path]) -> tuple[nn.Module, ModelSpec, dict]:
     """The model one checkpoint holds, or the ensemble of several with one spec: (model in eval mode,
-    spec, payload). An ensemble's payload has `epoch` (each member's best epoch) and `members`."""
+    spec, payload). The payload's `densities` holds each member's fitted feature density (None where its
+    checkpoint has none); an ensemble's payload has `epoch` (each member's best epoch) and `members`."""
     if len(paths) == 1:
-        return load_checkpoint(paths[0])
+        model, spec, payload = load_checkpoint(paths[0])
+        return model, spec, {**payload, "densities": [FeatureDensity.from_payload(payload.get("ood"))]}
     loaded = [load_checkpoint(p) for p in paths]
     spec = loaded[0][1]
     for path, (_, other, _) in zip(paths[1:], loaded[1:], strict=True):
         if other != spec:
             raise CheckpointError(f"{path}: its spec differs from {paths[0]}'s; an ensemble's members share one")
     model = Ensemble([m for m, _, _ in loaded], spec.loss).eval()
-    return model, spec, {"epoch": [p["epoch"] for _, _, p in loaded], "members": [str(p) for p in paths]}
+    return model, spec, {
+        "epoch": [p["epoch"] for _, _, p in loaded],
+        "members": [str(p) for p in paths],
+        "densities": [FeatureDensity.from_payload(p.get("ood")) for _, _, p in loaded],
+    }
 
 
 def explained(model: nn.Module) -> nn.Module:

@@ -17,6 +17,7 @@ from cxr.model.checkpoint import save_checkpoint
 from cxr.model.inference import Runtime
 from cxr.model.losses import balanced_class_weights, make_loss
 from cxr.model.networks import head_name
+from cxr.model.ood import FIT_LIMIT, training_density
 from cxr.model.spec import initial_model
 from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LIVE_DIR
 from cxr.progress import progress
@@ -196,6 +197,23 @@ def scored_state(run: Run) -> dict:
     return state
 
 
+def attach_density(run: Run, store_dir: Path, model_path: Path, best: dict) -> None:
+    """Fit the best model's feature density on the training split (cxr/model/ood.py) and store it in
+    the checkpoint, where evaluate, external, predict and serve read it for each image's ood_score."""
+    if run.best_weights is None:
+        return
+    model = run.spec.build()
+    model.load_state_dict(run.best_weights)
+    runtime = Runtime.select(device=run.fit.runtime.device)  # as evaluate scores: its features are the ones compared
+    runtime.prepare_model(model)
+    store = SplitStore(store_dir, "train", run.spec.image_size, run.spec.preprocessing)
+    density = training_density(model, store, store.labels, runtime, run.params.train.batch_size)
+    save_checkpoint(model_path, run.best_weights, run.spec, **best, ood=density.payload())
+    run.say(
+        f"train: feature density of {min(len(store), FIT_LIMIT)} training films ({density.layer}) kept with the model"
+    )
+
+
 def train(
     params: Params,
     store_dir: Path = DECODED_DIR,
@@ -241,6 +259,7 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
             if stalled(run, epoch, best):
                 break
         log.summary("best", {k: best[k] for k in ("epoch", "val_f1", "val_accuracy")})
+    if dist.is_main:
+        attach_density(run, store_dir, model_path, best)
     run.say(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")
     return best
-

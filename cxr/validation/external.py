@@ -16,10 +16,10 @@ from cxr.atomic import write_json
 from cxr.data.fingerprints import read_file
 from cxr.data.near_duplicates import within_bits
 from cxr.data.splits import SPLITS, DatasetError, scan_split
-from cxr.data.store import decode_all
+from cxr.evaluate.doubt import Abstention, Scorer, selective_scores
 from cxr.evaluate.log import PlotLog, plot_log
-from cxr.evaluate.predict import score_images
-from cxr.evaluate.run import load_decision_thresholds
+from cxr.evaluate.predict import assess_files
+from cxr.evaluate.run import load_abstention, load_decision_thresholds
 from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes
 from cxr.model.ensemble import as_paths, load_scorer
@@ -82,26 +82,27 @@ class TrainingImages:
 
 @dataclass(frozen=True)
 class Scoring:
-    """How every external set is scored: evaluate's thresholds and test-time augmentation (fitted
-    for this checkpoint), evaluate.batch_size, and the device."""
+    """How every external set is scored: evaluate's thresholds, test-time augmentation and abstention
+    rule (fitted for this checkpoint), evaluate.batch_size, and the device (in `scorer`)."""
 
     thresholds: dict
-    tta: str
-    batch_size: int
-    runtime: Runtime
+    scorer: Scorer
+    rule: Abstention | None
 
 
-def score_set(name: str, folder: Path, model, spec, scoring: Scoring, training: TrainingImages, log: PlotLog) -> dict:
-    """Scores of one external set, with its confusion matrix and ROC curves logged to `log`."""
+def score_set(name: str, folder: Path, scoring: Scoring, training: TrainingImages, log: PlotLog) -> dict:
+    """Scores of one external set, with its confusion matrix and ROC curves logged to `log`, and how
+    many of its films the abstention rule flags, with the accuracy on the films answered."""
+    spec = scoring.scorer.spec
     files, labels = external_files(folder, spec.classes, spec.multilabel)
     leak = training.repeated(files)
     keep = [i for i, bad in enumerate(leak) if not bad]
-    good, pixels, problems = decode_all([files[i] for i in keep], spec.image_size, preprocessing=spec.preprocessing)
-    decoded = set(good)
+    scored = assess_files(scoring.scorer, [files[i] for i in keep], scoring.rule)
+    decoded = set(scored.files)
     kept = [i for i in keep if files[i] in decoded]
     labels = labels[kept]
     thresholds = scoring.thresholds
-    probs = score_images(model, spec, pixels, scoring.batch_size, scoring.tta, scoring.runtime)
+    probs = scored.doubt.probs
     preds = spec.decide(probs, thresholds)
     if spec.multilabel:
         cuts = [thresholds.get(c) or DEFAULT_THRESHOLD for c in spec.classes]
@@ -115,7 +116,13 @@ def score_set(name: str, folder: Path, model, spec, scoring: Scoring, training: 
         if 0 < truth.sum() < len(truth):
             cls = spec.classes[i]
             log.curve("roc", truth.astype(int), probs[:, i], f"roc/{name}/{cls}.json", f"{name}: {cls}")
-    scores.update({"folder": str(folder), "leaks_excluded": int(sum(leak)), "unreadable": len(problems)})
+    scores.update({"folder": str(folder), "leaks_excluded": int(sum(leak)), "unreadable": len(scored.problems)})
+    flags = scoring.rule.flags(scored.doubt, scored.checks) if scoring.rule else scored.checks
+    scores["abstention"] = {
+        "flagged": sum(bool(f) for f in flags),
+        "flagged_share": float(np.mean([bool(f) for f in flags])) if flags else 0.0,
+        **selective_scores(labels, preds, scored.reasons, spec.classes, spec.multilabel),
+    }
     return scores
 
 
@@ -127,18 +134,20 @@ def validate_externally(
     paths, sets = as_paths(scored), params.evaluate.external
     results: dict = {}
     if sets:
-        model, spec, _ = load_scorer(paths)
+        model, spec, payload = load_scorer(paths)
         runtime = Runtime.select()
         runtime.prepare_model(model)
         thresholds, tta = load_decision_thresholds(metrics, paths)
         if thresholds is None:
             scored = paths[0] if len(paths) == 1 else f"the ensemble of {len(paths)} fold models"
             raise DatasetError(f"{metrics}: not written for {scored}; run `dvc repro evaluate` first")
-        scoring = Scoring(thresholds, tta, params.evaluate.batch_size, runtime)
+        densities = payload["densities"]
+        scorer = Scorer(model, spec, densities, params.evaluate.batch_size, tta, runtime, params.verify.max_pixels)
+        scoring = Scoring(thresholds, scorer, load_abstention(metrics, paths))
         training = TrainingImages.read(raw_dir, params.verify.near_duplicate_bits, params.verify.max_pixels)
         with plot_log(live_dir) as log:
             for name, folder in sets.items():
-                results[name] = score_set(name, Path(folder), model, spec, scoring, training, log)
+                results[name] = score_set(name, Path(folder), scoring, training, log)
     else:  # the stage's output folder exists either way, its plot folders hold an empty valid file
         Path(live_dir).mkdir(parents=True, exist_ok=True)
         (Path(live_dir) / "README").write_text("evaluate.external is empty: no external sets were scored\n")

@@ -20,7 +20,7 @@ from tests.conftest import REPO
 # The groups of cxr/, in the only order they may import each other: a group imports only groups
 # to its left (core = the modules directly in cxr/). train and evaluate do not import each other;
 # validation (cross-validation, external sets) composes both.
-GROUP_ORDER = ("core", "data", "model", "train", "evaluate", "validation")
+GROUP_ORDER = ("core", "data", "model", "train", "evaluate", "validation", "serve")
 INDEPENDENT = {("evaluate", "train"), ("train", "evaluate")}
 
 

@@ -13,6 +13,7 @@ from cxr.config import parse_params
 from cxr.data import sources
 from cxr.data.demo import write_demo_dataset
 from cxr.data.verify import verify_splits
+from cxr.evaluate.doubt import DOUBT_COLUMNS
 from cxr.evaluate.run import evaluate
 from tests.conftest import tiny_params_dict, train_on
 from tests.data.test_sources import in_tmp, server  # noqa: F401 - fixtures
@@ -64,7 +65,7 @@ def test_part2_archive_carves_test_out_of_train_and_writes_a_submission(server, 
                       in_tmp / "p.csv", in_tmp / "eval", submission)  # fmt: skip
     rows = list(csv.DictReader(submission.open()))
     assert scores["submission_rows"] == len(rows) == 18
-    assert set(rows[0]) == {"file", "label", "p_covid-19", "p_normal", "p_pneumonia"}
+    assert set(rows[0]) == {"file", "label", "p_covid-19", "p_normal", "p_pneumonia", *DOUBT_COLUMNS}
     assert {r["label"] for r in rows} <= {"covid-19", "normal", "pneumonia"}
 
 
@@ -84,4 +85,5 @@ def test_train_and_test_only_carves_val(tmp_path):
     train_on(params, out, tmp_path)
     evaluate(params, tmp_path / "models/model.pt", tmp_path / "data/decoded", out, tmp_path / "t.json",
              tmp_path / "p.csv", tmp_path / "eval", submission)  # fmt: skip
-    assert submission.read_text().splitlines() == ["file,label,p_covid,p_normal,p_pneumonia"]
+    header = ",".join(["file", "label", "p_covid", "p_normal", "p_pneumonia", *DOUBT_COLUMNS])
+    assert submission.read_text().splitlines() == [header]

@@ -214,14 +214,16 @@ def test_predict_names_bad_inputs_and_predicts_the_rest(tmp_path, capsys, monkey
     )
     out, err = capsys.readouterr()
     rows = out.strip().splitlines()
-    assert status == 1 and rows[0] == "path,p_infected,p_normal,decision" and len(rows) == 4
+    assert status == 1 and rows[0].startswith("path,p_infected,p_normal,decision,ood_score,") and len(rows) == 4
     assert {r.split(",")[0].rsplit("/", 1)[1] for r in rows[1:]} == {"a.png", "b.png", "c16.png"}
     for name in ("broken.jpg", "notes.txt", "missing.png"):
         assert name in err, name
     for row in rows[1:]:
         p_inf, p_norm = map(float, row.split(",")[1:3])
         assert p_inf + p_norm == pytest.approx(1.0, abs=1e-5)
-        assert row.endswith("infected" if p_inf >= 0.5 else "normal")
+        assert row.split(",")[3] == ("infected" if p_inf >= 0.5 else "normal")
+    # flat test images: every one abstains, by the model-free checks (no fitted rule without evaluate's metrics)
+    assert all(",yes,not a radiograph: a blank or near-constant frame" in row for row in rows[1:] if "/a.png" in row)
     assert "threshold infected 0.500 (default)" in err
     monkeypatch.setattr(predict, "IMAGES_PER_PASS", 1)  # one image per chunk: the same rows, the same problems
     assert (
@@ -291,7 +293,8 @@ def test_evaluate_reports_every_class_of_three_class_tasks(tmp_path, task, loss)
         assert report["sensitivity_ci95_low"] <= report["sensitivity"] <= report["sensitivity_ci95_high"]
         assert (report["threshold"] is None) == (task == "multiclass")  # multi-class decides by argmax
     rows = (tmp_path / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "path,true,predicted," + ",".join(f"p_{c}" for c in sorted(scores["screening"]))  # folder order
+    probs = ",".join(f"p_{c}" for c in sorted(scores["screening"]))  # folder order
+    assert rows[0] == f"path,true,predicted,{probs},ood_score,uncertainty,abstain,reason"
     assert len(rows) == 1 + scores["n"]
     if task == "multilabel":
         assert any(";" in row.split(",")[1] for row in rows[1:])  # co-infections keep both labels

@@ -108,6 +108,22 @@ def _results_section(test: dict) -> list[str]:
         *_screening_rows(test),
         "",
         "ECE: expected calibration error (reliability diagram in `dvc plots show`).",
+        "",
+        *_abstention_lines(test.get("abstention") or {}),
+    ]
+
+
+def _abstention_lines(rule: dict) -> list[str]:
+    """When the model does not answer (cxr/evaluate/doubt.py), as evaluate fitted and measured it."""
+    if not rule:
+        return []
+    return [
+        f"When it does not answer (`evaluate.coverage` {rule.get('coverage')}): a film that is not a radiograph, "
+        f"or whose out-of-distribution score is over {_num(rule.get('ood_threshold'))}, or whose uncertainty "
+        f"(spread over {rule.get('uncertainty_over')}) is over {_num(rule.get('uncertainty_threshold'))}. On test: "
+        f"{rule.get('flagged')} of {rule.get('n')} flagged, {_num(rule.get('answered_share'))} answered, accuracy "
+        f"{_num(rule.get('accuracy_answered'))} on those against {_num(rule.get('accuracy_all'))} on all. "
+        "Films from other hospitals are not all flagged: see the README's external figures.",
     ]
 
 

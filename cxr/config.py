@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -289,12 +290,27 @@ class Params(_Section):
         return self
 
 
+def _nearest(loc: tuple) -> str:
+    """'did you mean <key>? ' for an unknown key at `loc` close to a known one at the same level, else ''.
+    (`dvc exp run -S +train.lrr=...`, which DVC suggests for a key params.yaml lacks, lands here too.)"""
+    model: type[BaseModel] | None = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    prefix = ".".join(str(p) for p in loc[:-1])
+    return f"did you mean {prefix + '.' if prefix else ''}{close[0]}? " if close else ""
+
+
 def _describe(error: dict) -> str:
     # drop pydantic's union-branch labels such as "literal['none','backbone','head']" from the path
     key = ".".join(str(part) for part in error["loc"] if not str(part).startswith(("literal[", "list[")))
     value = error.get("input")
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key; remove it or check its spelling"
+        return f"{key}: unknown key; {_nearest(error['loc'])}remove it or check its spelling"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")

@@ -33,3 +33,26 @@ TEST_SUMMARY = SUMMARY_DIR / "test.json"
 EXPORT_SUMMARY = SUMMARY_DIR / "export.json"
 EXTERNAL_SUMMARY = SUMMARY_DIR / "external.json"
 CV_SUMMARY = SUMMARY_DIR / "cv.json"
+
+
+QUEUE_COPY = (".dvc", "tmp", "exps")  # where `dvc exp run --queue` / `--temp` run an experiment: a copy of the repo
+
+
+def user_path(value: str | Path, cwd: Path | None = None) -> Path:
+    """A path a user wrote in params.yaml (data.folder, evaluate.external), as the workspace reads it.
+
+    Relative paths are read from the repository root. A queued experiment runs in a copy under
+    <repo>/.dvc/tmp/exps/, where `../shared/set` would point elsewhere: there a relative path missing
+    from the copy is read from the repository the experiment came from, as in the workspace."""
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    here = (cwd or Path.cwd()).resolve()
+    if (here / path).exists():
+        return path
+    parts = here.parts
+    for i in range(len(parts) - len(QUEUE_COPY)):
+        if parts[i : i + len(QUEUE_COPY)] == QUEUE_COPY:
+            origin = Path(*parts[:i]) / path
+            return origin if origin.exists() else path
+    return path

@@ -14,14 +14,22 @@ import yaml
 from cxr.errors import PipelineError
 
 
-def declared_outputs(name: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
-    """The outs, metrics and plots dvc.yaml declares for stage `name` (empty when unreadable)."""
+def declared_outputs(name: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[tuple[str, bool]]:
+    """The outs, metrics and plots dvc.yaml declares for stage `name`, each with whether DVC caches it
+    (`cache: false` ones are committed to git instead); empty when unreadable."""
     try:
         spec = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).get(name) or {}
     except (OSError, yaml.YAMLError):
         return []
     entries = [e for key in ("outs", "metrics", "plots") for e in spec.get(key) or []]
-    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries]
+    out = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            path, options = next(iter(entry.items()))
+            out.append((str(path), (options or {}).get("cache", True) is not False))
+        else:
+            out.append((str(entry), True))
+    return out
 
 
 def restore_hint(name: str) -> str | None:
@@ -30,13 +38,20 @@ def restore_hint(name: str) -> str | None:
     committed version back. None outside DVC or when nothing is missing."""
     if "DVC_STAGE" not in os.environ:
         return None
-    missing = [out for out in declared_outputs(name) if not Path(out).exists()]
+    missing = [(out, cached) for out, cached in declared_outputs(name) if not Path(out).exists()]
     if not missing:
         return None
+    cached = [out for out, in_cache in missing if in_cache]
+    in_git = [out for out, in_cache in missing if not in_cache]
+    commands = ([f"`dvc checkout {' '.join(cached)}`"] if cached else []) + (
+        [f"`git checkout -- {' '.join(in_git)}` (cache: false outputs live in git, not the DVC cache)"]
+        if in_git
+        else []
+    )
     return (
-        f"{name}: the run failed after DVC removed {', '.join(missing)}; `dvc checkout {' '.join(missing)}` "
-        "restores the last committed version (after a failed `dvc exp run`: `git checkout params.yaml && dvc "
-        "checkout` returns the workspace to the commit)"
+        f"{name}: the run failed after DVC removed {', '.join(out for out, _ in missing)}; "
+        f"{' and '.join(commands)} restore the last committed version (after a failed `dvc exp run`: "
+        "`git checkout params.yaml && dvc checkout` returns the workspace to the commit)"
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from cxr.data.images import DEFAULT_MAX_PIXELS
 from cxr.evaluate.doubt import Scorer
 from cxr.evaluate.run import load_abstention, load_decision_thresholds
+from cxr.model.checkpoint import CheckpointError
 from cxr.model.ensemble import load_scorer, member_paths
 from cxr.model.inference import Runtime
 from cxr.paths import MODEL_PATH, TEST_METRICS
@@ -26,6 +27,11 @@ CARD = Path("models/MODEL_CARD.md")
 
 
 def build_service(args: argparse.Namespace) -> Service:
+    if args.model.suffix.lower() in (".onnx", ".ts") or args.model.name.endswith(".torchscript.pt"):
+        raise CheckpointError(
+            f"{args.model}: serve loads the PyTorch checkpoint (models/model.pt, or models/cv), not an exported "
+            "file: the Grad-CAM overlay and the feature density behind ood_score need the network itself"
+        )
     paths = member_paths(args.model) if args.model.is_dir() else [args.model]  # a folder: its fold models' ensemble
     model, spec, payload = load_scorer(paths)
     runtime = Runtime.select()

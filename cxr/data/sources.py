@@ -16,7 +16,7 @@ from cxr.data.images import is_image
 from cxr.data.layout import arrange_splits
 from cxr.data.presets import PRESETS
 from cxr.data.splits import DatasetError
-from cxr.paths import DOWNLOAD_DIR
+from cxr.paths import DOWNLOAD_DIR, user_path
 
 
 def _from_demo(data: DataConfig, seed: int, out_dir: Path, grouping: Grouping) -> str:
@@ -75,9 +75,12 @@ def _from_gdrive(data: DataConfig, seed: int, out_dir: Path, grouping: Grouping)
 
 
 def _from_folder(data: DataConfig, seed: int, out_dir: Path, grouping: Grouping) -> str:
-    folder = Path(data.folder)
+    folder = user_path(data.folder)
     if not folder.is_dir():
-        raise DatasetError(f"data.folder={data.folder}: not a folder")
+        raise DatasetError(
+            f"data.folder={data.folder}: not a folder (a relative path is read from the repository root, and by a "
+            "queued experiment from the repository it was queued in)"
+        )
     links = [Path(top) / name for top, dirs, files in os.walk(folder) for name in dirs + files
              if (Path(top) / name).is_symlink()]  # fmt: skip
     if links:  # a link can point anywhere on the host (or at itself); its target would land in data/raw

@@ -24,11 +24,12 @@ from cxr.evaluate.scores import classification_scores, multilabel_scores
 from cxr.model.decisions import DEFAULT_THRESHOLD, screened_classes
 from cxr.model.ensemble import as_paths, load_scorer
 from cxr.model.inference import Runtime
+from cxr.paths import user_path
 
 
 def external_files(folder: Path, classes: tuple[str, ...], multilabel: bool):
     """(files, labels) of a `{class}/file` folder (or one with a labels.csv), in the model's class order."""
-    folder = Path(folder)
+    folder = user_path(folder)
     if not folder.is_dir():
         raise DatasetError(f"evaluate.external: {folder} is not a folder of {{class}}/file images")
     found = scan_split(folder.parent, folder.name, None, multilabel)

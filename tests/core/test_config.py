@@ -49,6 +49,17 @@ def test_unknown_and_missing_keys(raw):
     bad["train"]["learning_rate"] = 0.1
     with pytest.raises(ConfigError, match=r"train\.learning_rate: unknown key"):
         parse_params(bad)
+    bad = copy.deepcopy(raw)  # issue 23, item 5: a typo (`-S train.lrr=...` or DVC's `+train.lrr`) names the key meant
+    bad["train"]["lrr"] = 0.1
+    bad["evaluate"]["coverge"] = 0.9
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key; did you mean train\.lr\?") as error:
+        parse_params(bad)
+    assert "evaluate.coverge: unknown key; did you mean evaluate.coverage?" in str(error.value)
+    bad = copy.deepcopy(raw)
+    bad["train"]["zzzz"] = 1
+    with pytest.raises(ConfigError) as error:
+        parse_params(bad)
+    assert "did you mean" not in str(error.value)
     bad = copy.deepcopy(raw)
     del bad["seed"]
     with pytest.raises(ConfigError, match="seed: required key is missing"):

@@ -134,7 +134,8 @@ def test_a_failed_stage_under_dvc_says_how_to_restore_what_dvc_removed(tmp_path,
     err = capsys.readouterr().err
     assert "train: train.lr: must be > 0" in err
     assert "DVC removed models/model.pt, metrics/summary/train.json" in err
-    assert "`dvc checkout models/model.pt metrics/summary/train.json`" in err
+    assert "`dvc checkout models/model.pt`" in err  # cached: from the DVC cache
+    assert "`git checkout -- metrics/summary/train.json`" in err  # issue 23, item 5: cache: false lives in git
 
     monkeypatch.delenv("DVC_STAGE")
     with pytest.raises(SystemExit):

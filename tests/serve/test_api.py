@@ -107,3 +107,10 @@ def test_the_page_and_the_card_are_served(server):
     assert b"const MAX_BYTES = 1048576;" in page and b"{{" not in page
     status, _, card = call(port, "GET", "/card")
     assert status == 200 and card.startswith(b"# Model card")
+
+
+def test_serve_refuses_an_exported_file_by_name(tmp_path):
+    from cxr.model.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="serve loads the PyTorch checkpoint"):
+        serve.build_service(serve.argparse_args(["--model", str(tmp_path / "model.onnx")]))

@@ -12,6 +12,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once, at import: os.umask is process-wide, not safe to poke from threads later
+
+
+def as_umask_allows(path: Path, folder: bool = False) -> None:
+    """Give a file made by mkstemp (0600) or a folder made by mkdtemp (0700) the permissions a plain
+    open()/mkdir() would have: readable by the group and others as the umask allows (a container user,
+    a second account, a web server)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it over `target`.
@@ -27,6 +43,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file() and not tmp_path.is_symlink():
+            as_umask_allows(tmp_path)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -81,6 +99,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=scratch_prefix(target.name), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        as_umask_allows(tmp, folder=True)
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=scratch_prefix(target.name), suffix=".old", dir=target.parent))

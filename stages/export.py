@@ -9,8 +9,8 @@ from cxr.atomic import write_json, write_text
 from cxr.config import load_params
 from cxr.data.store import SplitStore
 from cxr.evaluate.card import model_card
-from cxr.model.ensemble import load_scorer, scored_paths
-from cxr.model.export import export
+from cxr.model.ensemble import identity, load_scorer, scored_paths
+from cxr.model.export import export, onnx_metadata
 from cxr.paths import (
     CV_DIR,
     DATA_METRICS,
@@ -33,10 +33,12 @@ def main() -> None:
     model, spec, _ = load_scorer(paths)  # one checkpoint, or the fold models' ensemble as one graph
     scored = MODEL_PATH if len(paths) == 1 else f"the ensemble of {len(paths)} fold models in {CV_DIR}"
     test = SplitStore(DECODED_DIR, "test", spec.image_size, spec.preprocessing)
-    result = export(model, spec, test[list(range(len(test)))], EXPORT_DIR)
+    data, scores = json.loads(DATA_METRICS.read_text()), json.loads(TEST_METRICS.read_text())
+    sha = identity(paths)
+    metadata = onnx_metadata(spec, sha, scores if scores.get("model_sha256") == sha else None)
+    result = export(model, spec, test[list(range(len(test)))], EXPORT_DIR, metadata)
     write_json(EXPORT_METRICS, result)
     write_json(EXPORT_SUMMARY, export_summary(result))
-    data, scores = json.loads(DATA_METRICS.read_text()), json.loads(TEST_METRICS.read_text())
     write_text(MODEL_CARD, model_card(params, spec, data, scores, result))
     print(
         f"export: {EXPORT_DIR}/model.onnx and model.torchscript.pt match {scored} on {result['images']} test "

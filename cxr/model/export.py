@@ -10,6 +10,7 @@ and standardises as training did, so users need no ImageNet constants. Output: l
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,14 +60,16 @@ def export_torchscript(wrapped: Exported, example: torch.Tensor, path: Path) -> 
         torch.jit.save(torch.jit.trace(wrapped, example, check_trace=False), str(tmp))
 
 
-def export_onnx(wrapped: Exported, example: torch.Tensor, path: Path) -> None:
-    """ONNX through torch.export (the dynamo exporter), batch size left free, weights inside the file."""
+def export_onnx(wrapped: Exported, example: torch.Tensor, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """ONNX through torch.export (the dynamo exporter), batch size left free, weights inside the file;
+    `metadata` becomes the model's metadata_props (what a runtime needs to use it: `onnx_metadata`)."""
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad(), atomic_path(path) as tmp:
         program = torch.onnx.export(
             wrapped, (example,), input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},),
             dynamo=True, external_data=False, verbose=False,
         )  # fmt: skip
+        program.model.metadata_props.update(metadata or {})
         program.save(str(tmp), external_data=False)
 
 
@@ -91,9 +94,33 @@ def parity(wrapped: Exported, pixels: torch.Tensor, torchscript: Path, onnx: Pat
     return worst
 
 
-def export(model: nn.Module, spec: ModelSpec, pixels: torch.Tensor, out_dir: Path) -> dict:
-    """Write `out_dir/model.torchscript.pt` and `out_dir/model.onnx`, check both against the
-    checkpoint on `pixels` (uint8 (N, 1, S, S)) and return the differences; refuse above MAX_ABS_DIFF."""
+def onnx_metadata(spec: ModelSpec, model_sha256: str, decisions: dict | None) -> dict[str, str]:
+    """What the ONNX file says about itself (metadata_props, strings): class order, task, input size,
+    channels and normalisation, the input recipe, the checkpoint's sha256, and evaluate's thresholds and
+    abstention rule when `decisions` (metrics/test.json written for this model) is given."""
+    meta = {
+        "classes": json.dumps(list(spec.classes)),
+        "task": spec.task,
+        "input": f"float32 (N, 1, {spec.image_size}, {spec.image_size}): gray pixel values 0..255",
+        "image_size": str(spec.image_size),
+        "channels": "1",
+        "mean": json.dumps(list(spec.mean)),
+        "std": json.dumps(list(spec.std)),
+        "preprocessing": spec.preprocessing,
+        "output": "logits; " + ("softmax" if spec.loss == "ce" else "sigmoid") + " gives the probabilities",
+        "checkpoint_sha256": model_sha256,
+    }
+    if decisions:
+        thresholds = {c: r.get("threshold") for c, r in decisions.get("screening", {}).items()}
+        meta["thresholds"] = json.dumps(thresholds)
+        meta["abstention"] = json.dumps(decisions.get("abstention", {}).get("coverage"))
+    return meta
+
+
+def export(model: nn.Module, spec: ModelSpec, pixels: torch.Tensor, out_dir: Path, metadata=None) -> dict:
+    """Write `out_dir/model.torchscript.pt` and `out_dir/model.onnx` (with `metadata`, see onnx_metadata),
+    check both against the checkpoint on `pixels` (uint8 (N, 1, S, S)) and return the differences;
+    refuse above MAX_ABS_DIFF."""
     if len(pixels) == 0:
         raise ExportError("export: the test split has no images to check the exported files on")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +128,7 @@ def export(model: nn.Module, spec: ModelSpec, pixels: torch.Tensor, out_dir: Pat
     example = pixels[[0, -1]].float()  # two rows, so the exporter keeps the batch size free
     paths = {"torchscript": out_dir / "model.torchscript.pt", "onnx": out_dir / "model.onnx"}
     export_torchscript(wrapped, example, paths["torchscript"])
-    export_onnx(wrapped, example, paths["onnx"])
+    export_onnx(wrapped, example, paths["onnx"], metadata)
     diffs = parity(wrapped, pixels, paths["torchscript"], paths["onnx"])
     bad = {k: v for k, v in diffs.items() if not v <= MAX_ABS_DIFF}
     if bad:

@@ -78,3 +78,29 @@ def test_a_one_image_test_split_still_exports_a_free_batch_size(trained, tmp_pat
     assert session.run(["logits"], {"pixels": pixels[:3].float().numpy()})[0].shape == (3, len(spec.classes))
     with pytest.raises(ExportError, match="no images"):
         export(model, spec, pixels[:0], tmp_path / "none")
+
+
+def test_the_onnx_file_says_what_it_needs_and_is_readable_as_the_umask_allows(trained, tmp_path):
+    """Issue 23, item 9: class order, threshold, input size, channels, normalisation and the checkpoint's
+    sha256 in the ONNX metadata; exported files 0644 under umask 022 (not mkstemp's 0600)."""
+    import json
+    import os
+    import stat
+
+    import onnx
+
+    from cxr.atomic import UMASK
+    from cxr.model.export import onnx_metadata
+
+    _, model, spec, pixels, _ = trained
+    decisions = {"screening": {"infected": {"threshold": 0.37}}, "abstention": {"coverage": 0.95}}
+    export(model, spec, pixels, tmp_path, onnx_metadata(spec, "ab" * 32, decisions))
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert json.loads(props["classes"]) == list(spec.classes) and props["task"] == spec.task
+    assert json.loads(props["thresholds"]) == {"infected": 0.37} and props["checkpoint_sha256"] == "ab" * 32
+    assert props["image_size"] == str(spec.image_size) and props["channels"] == "1"
+    assert json.loads(props["mean"]) == list(spec.mean) and props["preprocessing"] == spec.preprocessing
+    for name in ("model.onnx", "model.torchscript.pt"):
+        mode = stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+        assert mode == 0o666 & ~UMASK, oct(mode)
+        assert UMASK & 0o044 or mode & 0o044  # readable by group and others wherever the umask allows

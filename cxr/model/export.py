@@ -69,8 +69,13 @@ def export_onnx(wrapped: Exported, example: torch.Tensor, path: Path, metadata: 
             wrapped, (example,), input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},),
             dynamo=True, external_data=False, verbose=False,
         )  # fmt: skip
-        program.model.metadata_props.update(metadata or {})
         program.save(str(tmp), external_data=False)
+        if metadata:
+            import onnx  # only the export stage needs it
+
+            proto = onnx.load(str(tmp))
+            onnx.helper.set_model_props(proto, metadata)
+            onnx.save(proto, str(tmp))
 
 
 def parity(wrapped: Exported, pixels: torch.Tensor, torchscript: Path, onnx: Path, batch: int = 64) -> dict[str, float]:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from cxr.errors import ConfigError
 
@@ -158,7 +158,7 @@ class VerifyConfig(_Section):
 
 
 class HeadConfig(_Section):
-    hidden: list[PositiveInt]
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     activation: Literal["relu", "gelu", "tanh"]
     keep_classifier: bool
@@ -288,6 +288,18 @@ class Params(_Section):
         if self.evaluate.ensemble == "folds" and self.data.folds == 0:
             raise ValueError("evaluate.ensemble: 'folds' averages the fold models of data.folds; set data.folds too")
         return self
+
+
+def field_problem(section: type[BaseModel], key: str, value: object) -> str:
+    """Why `value` is not allowed for `section`'s field `key` by params.yaml's own rules ('' when it is):
+    lets values read from elsewhere (a checkpoint's spec) meet the same bounds, stated once, here."""
+    field = section.model_fields[key]
+    try:
+        kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+        TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        return f"{key}: {value!r} is not valid: {exc.errors()[0]['msg']}"
+    return ""
 
 
 def _nearest(loc: tuple) -> str:

@@ -55,6 +55,16 @@ def _check_sizes(archive: Path, sizes: list[tuple[str, int, int]], limits: Limit
             )
 
 
+def _check_stream(archive: Path, total: int) -> None:
+    """Refuse a compressed tar whose members expand more than MAX_RATIO-fold from the file's size: a
+    1.2 MB tar.gz holding a 1 GiB member is a bomb, whatever data.max_extracted_bytes allows."""
+    packed = max(archive.stat().st_size, 1)
+    if total > (1 << 20) and total > MAX_RATIO * packed:
+        raise ArchiveError(
+            f"{archive}: {packed:,} bytes expand to {total:,} ({total // packed:,}-fold); refusing a compression bomb"
+        )
+
+
 def _extract_zip(archive: Path, zf: zipfile.ZipFile, target: Path, limits: Limits) -> None:
     """Extract member by member, counting the bytes actually written (declared sizes can lie)."""
     written = 0
@@ -89,8 +99,9 @@ def safe_extract(archive: Path, target: Path, limits: Limits = Limits()) -> None
                 members = tf.getmembers()
                 for m in members:
                     _check_member(archive, m.name, m.issym() or m.islnk(), not (m.isfile() or m.isdir()))
-                # a tar member's size is exact; compression is over the whole stream, so no ratio per member
+                # a tar member's size is exact; compression is over the whole stream, so the ratio is the stream's
                 _check_sizes(archive, [(m.name, m.size, m.size) for m in members], limits)
+                _check_stream(archive, sum(m.size for m in members))
                 tf.extractall(target, members=members, filter="data")
         else:
             raise ArchiveError(f"{archive}: unsupported archive type; use .zip, .tar, .tar.gz or .tgz")

@@ -37,9 +37,12 @@ class Split:
 
 def confined(root: Path, relative: str, where: str) -> Path:
     """`root / relative`, refused (DatasetError naming `where`) unless it stays under `root` once
-    symbolic links are resolved: a data file may not reach outside its dataset."""
+    symbolic links are resolved, and refused with any '..' in it: a data file may not reach outside its
+    dataset, and the destination of its copy (built from this path) may not either."""
     if not relative or Path(relative).is_absolute() or "\\" in relative:
         raise DatasetError(f"{where}: path {relative!r} must be relative to {root}, with / separators")
+    if ".." in Path(relative).parts:  # the copy's destination is built from this path: no climbing, even back in
+        raise DatasetError(f"{where}: path {relative!r} contains '..'; write it from {root} downwards")
     path = Path(root) / relative
     if not path.resolve().is_relative_to(Path(root).resolve()):
         raise DatasetError(f"{where}: path {relative!r} leads outside {root}; refusing it")

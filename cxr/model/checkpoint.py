@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cxr.atomic import atomic_path
+from cxr.config import HeadConfig, TrainConfig, field_problem
 from cxr.errors import PipelineError
 from cxr.model.spec import ModelSpec
 
@@ -38,6 +39,28 @@ def save_checkpoint(path: Path | str, model: nn.Module | dict, spec: ModelSpec, 
     save_payload(path, {"format": FORMAT_VERSION, "spec": asdict(spec), "model": cpu_state(model), **extra})
 
 
+MAX_CLASSES = 1000  # an output layer wider than this is no chest X-ray model, and costs memory to build
+
+
+def refuse_unbuildable(spec: ModelSpec, path: Path) -> None:
+    """A spec is read from a file: hold its sizes to params.yaml's bounds before anything is allocated
+    (an `image_size: 100000` would otherwise grow predict to tens of GB before failing)."""
+    problems = [
+        field_problem(section, key, value)
+        for section, key, value in (
+            (TrainConfig, "arch", spec.arch),
+            (TrainConfig, "image_size", spec.image_size),
+            (HeadConfig, "hidden", list(spec.hidden)),
+            (HeadConfig, "dropout", spec.dropout),
+        )
+    ]
+    if not 1 <= len(spec.classes) <= MAX_CLASSES:
+        problems.append(f"classes: {len(spec.classes)} of them (1 to {MAX_CLASSES})")
+    problems = [p for p in problems if p]
+    if problems:
+        raise CheckpointError(f"{path}: its spec is outside what this pipeline builds: {'; '.join(problems)}")
+
+
 def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelSpec, dict]:
     """Rebuild the model from a checkpoint; return (model in eval mode, spec, whole payload)."""
     path = Path(path)
@@ -52,6 +75,7 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, ModelSpec, dict]:
         raise CheckpointError(f"{path}: checkpoint format {found!r}, expected {FORMAT_VERSION}")
     try:
         spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["spec"].items()})
+        refuse_unbuildable(spec, path)
         model = spec.build()
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

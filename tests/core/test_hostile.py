@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import shutil
 
 import pytest
@@ -47,9 +48,29 @@ def test_a_root_labels_csv_cannot_reach_outside_the_dataset(tmp_path, demo_root,
     _csv_dataset(folder, demo_root, bad_row)
     out = tmp_path / "copied"
     out.mkdir()
-    with pytest.raises(DatasetError, match=r"labels.csv:22: path .* (leads outside|must be relative)"):
+    with pytest.raises(DatasetError, match=r"labels.csv:22: path .* (contains '\.\.'|must be relative)"):
         sources.write_dataset(_folder_params(folder), 0, out)
     assert not any(p.name == "secret.txt" for p in out.rglob("*"))
+
+
+def test_a_row_that_climbs_and_comes_back_down_writes_nothing_outside(tmp_path, demo_root):
+    """Issue 24, hole 1: `imgs/../../data/in/imgs/x.png` resolves inside the folder, but its copy's
+    destination was built with the '..' kept and landed above data/raw: any '..' is refused now."""
+    folder = tmp_path / "data" / "in"
+    folder.parent.mkdir()
+    _csv_dataset(folder, demo_root, "x")
+    rows = (folder / "labels.csv").read_text().splitlines()
+    first = rows[1].split(",")[0]
+    rows[1] = rows[1].replace(first, f"../../data/in/{first}", 1)  # resolves to the folder's own file
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "work" / "raw"
+    out.mkdir(parents=True)
+    before = {p for p in tmp_path.rglob("*")}
+    with pytest.raises(DatasetError, match=r"labels.csv:2: path .* contains '\.\.'"):
+        sources.write_dataset(_folder_params(folder), 0, out)
+    assert {p for p in tmp_path.rglob("*") if not p.is_relative_to(out)} == {
+        p for p in before if not p.is_relative_to(out)
+    }
 
 
 def test_a_split_labels_csv_cannot_reach_outside_its_split(tmp_path, demo_root):
@@ -58,7 +79,7 @@ def test_a_split_labels_csv_cannot_reach_outside_its_split(tmp_path, demo_root):
     with (split / "labels.csv").open("w") as f:
         f.write("path,labels\nnormal/" + next((split / "normal").iterdir()).name + ",normal\n")
         f.write("../../secret.png,normal\n")
-    with pytest.raises(DatasetError, match=r"labels.csv:3: path '../../secret.png' leads outside"):
+    with pytest.raises(DatasetError, match=r"labels.csv:3: path '../../secret.png' contains '\.\.'"):
         scan_split(demo_root, "train")
     (split / "labels.csv").write_text(f"path,labels\n{tmp_path / 'secret.png'},normal\n")
     with pytest.raises(DatasetError, match=r"labels.csv:2: path .* must be relative"):
@@ -192,10 +213,6 @@ def test_what_a_killed_extraction_left_is_removed_and_ignored_by_git(tmp_path):
     assert ignored.returncode == 0
 
 
-
-
-
-
 def test_binary_task_with_three_classes_is_refused(tmp_path):
     from cxr.data.demo import write_demo_dataset
     from stages.decode import decode
@@ -287,12 +304,6 @@ def test_a_trainer_started_through_sh_dies_with_dvc_not_with_a_terminal(tmp_path
             os.kill(trainer, signal.SIGKILL)
 
 
-
-
-
-
-
-
 def test_a_zip_bomb_is_refused_before_it_expands(tmp_path):
     import time
     import zipfile
@@ -353,8 +364,6 @@ def test_a_bad_image_in_unsplit_data_follows_verify_on_corrupt(tmp_path, demo_ro
     assert "broken.png" in (tmp_path / "d.json").read_text()
 
 
-
-
 def test_a_root_labels_csv_in_a_pinned_archive_cannot_reach_outside_it(tmp_path, demo_root, monkeypatch):
     """Finding 1 through data.source url: the archive's labels.csv names `../../../../x/secret.txt`;
     download refuses by file and line, and no copy of the host file lands anywhere."""
@@ -384,9 +393,26 @@ def test_a_root_labels_csv_in_a_pinned_archive_cannot_reach_outside_it(tmp_path,
     out.mkdir()
     params = _url_params(http.url("set.zip"), hashlib.sha256(body).hexdigest())
     try:
-        with pytest.raises(DatasetError, match=r"labels.csv:22: path '../../../../x/secret.txt' leads outside"):
+        with pytest.raises(DatasetError, match=r"labels.csv:22: path '../../../../x/secret.txt' contains '\.\.'"):
             sources.write_dataset(params.data, 0, out)
     finally:
         http.shutdown()
         http.server_close()
     assert [p for p in tmp_path.rglob("secret.txt") if p != secret] == []
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [("image_size", 100000, "image_size: 100000"),
+                                                     ("image_size", 0, "image_size: 0"),
+                                                     ("hidden", [10**9], "hidden: [1000000000]"),
+                                                     ("classes", ["c"] * 5000, "classes: 5000")])  # fmt: skip
+def test_a_checkpoint_spec_is_held_to_params_bounds_before_anything_is_built(tmp_path, key, value, says):
+    """Issue 24, hole 3: a checkpoint's spec is read from a file; `image_size: 100000` grew predict to
+    22.6 GB before. Now it is refused by name, before the network or any image buffer is allocated."""
+    spec = {"arch": "resnet18", "classes": ["a", "b"], "task": "binary", "loss": "ce", "hidden": [], "dropout": 0.0,
+            "activation": "relu", "keep_classifier": False, "image_size": 64, "mean": [0.5] * 3, "std": [0.2] * 3,
+            "preprocessing": "gray8-square-bilinear"}  # fmt: skip
+    spec[key] = value
+    torch.save({"format": 3, "spec": spec, "model": {}}, tmp_path / "evil.pt")
+    refused = "evil.pt: its spec is outside what this pipeline builds: " + re.escape(says)
+    with pytest.raises(CheckpointError, match=refused):
+        load_checkpoint(tmp_path / "evil.pt")

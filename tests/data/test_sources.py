@@ -376,3 +376,19 @@ def test_csv_layout_splits_by_patient_and_verify_catches_patient_leaks(tmp_path,
         DatasetError, match=f"patient {moved[2]} in test and train|patient {moved[2]} in train and test"
     ):
         verify_splits(out)
+
+
+def test_a_tar_gz_bomb_is_refused_before_anything_is_written(tmp_path):
+    """Issue 24, hole 2: a small tar.gz holding a member thousands of times its size expanded fully
+    (the 1000-fold check covered zip members only); the stream's own ratio is checked now."""
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        info = tarfile.TarInfo("train/normal/zeros.png")
+        info.size = 64 * 2**20  # 64 MiB of zeros: about 64 KB compressed
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    assert archive.stat().st_size < 200_000
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(ArchiveError, match=r"bomb.tar.gz: .* expand to 67,108,864 .*refusing a compression bomb"):
+        safe_extract(archive, target)
+    assert list(target.iterdir()) == []

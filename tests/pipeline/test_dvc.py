@@ -94,7 +94,7 @@ def test_repro_builds_everything_then_nothing(repo):
     screening = test["screening"]["infected"]
     assert screening["threshold"] == 0.5 and screening["sensitivity_ci95_low"] <= screening["sensitivity"]
     rows = (repo / "metrics/predictions.csv").read_text().splitlines()
-    assert rows[0] == "path,true,predicted,p_infected,p_normal" and len(rows) == 1 + 12
+    assert rows[0] == "path,true,predicted,p_infected,p_normal,ood_score,uncertainty,abstain,reason" and len(rows) == 13
     assert (repo / "models/model.pt").is_file()
     assert not (repo / "metrics/eval/metrics.json").exists()
 

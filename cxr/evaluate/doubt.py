@@ -75,8 +75,10 @@ def assess(
     densities: list[FeatureDensity | None],
     seed: int = 0,
 ) -> Assessment:
-    """Probabilities exactly as cxr.evaluate.predict.score_images gives them, with each image's
-    ood_score and uncertainty (see the module docstring). `densities`: one per member (or model)."""
+    """The one scoring path of evaluate, external sets, cross-validation folds, `stages.predict` and
+    `stages.serve`: class probabilities of decoded images (a (N, C, S, S) uint8 array or tensor, or a
+    SplitStore) averaged over the `tta` views (float64), with each image's ood_score and uncertainty
+    (see the module docstring). `model` is on `runtime`; `densities`: one per member (or model)."""
     require_recipe(spec)
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cxr.data.film_checks import check_files
 from cxr.data.images import IMAGE_SUFFIXES
@@ -23,10 +22,8 @@ from cxr.evaluate.doubt import (
     checks_only,
     doubt_cells,
     joined,
-    require_recipe,
 )
 from cxr.model.decisions import DEFAULT_THRESHOLD, label_name, screened_classes, thresholded
-from cxr.model.inference import Runtime, predict_probabilities
 from cxr.model.spec import ModelSpec
 
 
@@ -70,17 +67,6 @@ def decide(
         return names, {}
     screened = [spec.classes[i] for i in screened_classes(spec.classes, spec.multilabel)]
     return names, {c: given.get(c, DEFAULT_THRESHOLD) for c in screened}
-
-
-def score_images(model, spec: ModelSpec, images, batch_size: int, tta: str, runtime: Runtime) -> np.ndarray:
-    """Class probabilities (float64) of decoded images, a (N, C, S, S) uint8 array or tensor or a
-    SplitStore, with `tta` as `evaluate.tta`: the one scoring path of evaluate, external sets,
-    cross-validation folds and `stages.predict`. `model` is on `runtime` (Runtime.prepare_model)."""
-    require_recipe(spec)
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    probs = predict_probabilities(model, images, batch_size, runtime, spec.probabilities, tta)
-    return probs.numpy().astype(np.float64)  # JSON-friendly floats
 
 
 @dataclass

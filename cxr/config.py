@@ -263,7 +263,7 @@ class EvaluateConfig(_Section):
     tta: Literal["none", "hflip"]
     ensemble: Literal["none", "folds"]
     coverage: Annotated[float, Field(gt=0, lt=1)]
-    external: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], str]
+    external: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")], str]  # no "..": a file name
 
     @field_validator("threshold")
     @classmethod

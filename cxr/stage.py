@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from cxr.errors import PipelineError
+from cxr.lifetime import die_with_launcher
 
 
 def declared_outputs(name: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[tuple[str, bool]]:
@@ -63,11 +64,13 @@ def _print_hint(name: str) -> None:
 
 def stage(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
     """Run a stage's main(); a PipelineError exits with status 1 and `<name>: <message>`; any failure
-    under DVC also prints `restore_hint`."""
+    under DVC also prints `restore_hint`. Every stage ends when the dvc that started it is killed
+    (`cxr.lifetime.die_with_launcher`); its pool workers end with it."""
 
     def wrap(main: Callable[[], None]) -> Callable[[], None]:
         @functools.wraps(main)
         def run() -> None:
+            die_with_launcher()
             try:
                 main()
             except PipelineError as exc:

@@ -13,6 +13,7 @@ from PIL import Image
 from cxr.config import TASK_CLASSES, DataConfig
 from cxr.data.phantoms import render_phantom
 from cxr.data.splits import SPLITS
+from cxr.lifetime import worker_dies_with_parent
 from cxr.progress import progress
 
 # multilabel demo: every 4th covid image also shows a pneumonia consolidation and is filed
@@ -55,7 +56,7 @@ def write_demo_dataset(
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(renders) > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(workers))
+            pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=worker_dies_with_parent))
             pixels = pool.map(_render, renders, chunksize=max(1, min(16, len(renders) // (4 * workers))))
         else:
             pixels = map(_render, renders)

@@ -10,7 +10,7 @@ from pathlib import Path
 from cxr.data.archives import ArchiveError
 from cxr.data.grouping import Grouping, assign_splits
 from cxr.data.images import is_image
-from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, confined
+from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, confined, row_metadata, unique_row
 
 UNLABELED = "unlabeled"  # data/raw/unlabeled: a split folder of images without labels (a hand-in set)
 # Folder names accepted for each split, compared case-insensitively.
@@ -104,16 +104,17 @@ def split_csv_dataset(
         if not {"path", label_col} <= columns:
             raise ArchiveError(f"{csv_path}: needs columns path and label (or labels); found {sorted(columns)}")
         rows = list(reader)
-    files = []
+    files, seen, extra = [], {}, []
     for line, row in enumerate(rows, start=2):
-        path = confined(base, (row["path"] or "").strip(), f"{csv_path}:{line}")
+        where = f"{csv_path}:{line}"
+        path = confined(base, (row["path"] or "").strip(), where)
         if not path.is_file():
-            raise ArchiveError(f"{csv_path}:{line}: {row['path']!r} does not exist")
+            raise ArchiveError(f"{where}: {row['path']!r} does not exist")
+        unique_row(seen, path.resolve(), (line, tuple(sorted((row[label_col] or "").split(";")))), where)
         files.append(path)
+        extra.append([row_metadata(row, where)[k] for k in METADATA[1:]])  # kept for verify's shortcut audit
     labels = [row[label_col].strip() for row in rows]
     patients = [(row.get("patient_id") or "").strip() or None for row in rows]
-    # kept for verify's shortcut audit
-    extra = [[(row.get(k) or "").strip() for k in METADATA[1:]] for row in rows]
     if "split" in columns:
         alias = {a: s for s, names in SPLIT_ALIASES.items() for a in names}
         splits = []

@@ -57,7 +57,7 @@ def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
         reader = csv.DictReader(f)
         if not {"path", "labels"} <= set(reader.fieldnames or ()):
             raise DatasetError(f"{csv_path}: needs the columns path,labels; found {reader.fieldnames}")
-        rows = []
+        rows, seen = [], {}
         for line, row in enumerate(reader, start=2):
             labels = tuple(sorted({x.strip() for x in (row["labels"] or "").split(";") if x.strip()}))
             path = confined(split_dir, (row["path"] or "").strip(), f"{csv_path}:{line}")
@@ -65,8 +65,36 @@ def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
                 raise DatasetError(f"{csv_path}:{line}: no labels for {row['path']!r}")
             if not path.is_file():
                 raise DatasetError(f"{csv_path}:{line}: {path} does not exist")
+            unique_row(seen, path.resolve(), (line, labels), f"{csv_path}:{line}")
+            row_metadata(row, f"{csv_path}:{line}")
             rows.append((path, labels))
     return rows
+
+
+def unique_row(seen: dict, key: Path, entry: tuple[int, tuple[str, ...]], where: str) -> None:
+    """Refuse a second row for one file: a repeated row would train and score the film twice, and a
+    row with other labels would give one film two answers."""
+    if key in seen:
+        first, labels = seen[key]
+        what = (
+            "repeats it"
+            if labels == entry[1]
+            else f"gives it other labels ({';'.join(entry[1])} vs {';'.join(labels)}); list all of a film's "
+            "findings in one row, separated by ';'"
+        )
+        raise DatasetError(f"{where}: {key.name} already has a row (line {first}); this row {what}; one row per file")
+    seen[key] = entry
+
+
+def row_metadata(row: dict, where: str) -> dict[str, str]:
+    """A row's METADATA columns (empty strings where absent); the size columns must be positive whole
+    numbers of pixels (they feed verify's shortcut audit)."""
+    found = {k: (row.get(k) or "").strip() for k in METADATA}
+    for key in ("orig_width", "orig_height"):
+        value = found[key]
+        if value and not (value.isdigit() and 0 < int(value) <= 1_000_000):
+            raise DatasetError(f"{where}: {key} {value!r} is not a size in pixels; write a whole number, or nothing")
+    return found
 
 
 def excluded_files(data_metrics: Path, root: Path) -> frozenset[Path]:
@@ -84,8 +112,8 @@ def file_metadata(split_dir: Path) -> dict[Path, dict[str, str]]:
         return {}
     with csv_path.open(newline="") as f:
         return {
-            Path(split_dir) / row["path"].strip(): {k: (row.get(k) or "").strip() for k in METADATA}
-            for row in csv.DictReader(f)
+            Path(split_dir) / row["path"].strip(): row_metadata(row, f"{csv_path}:{line}")
+            for line, row in enumerate(csv.DictReader(f), start=2)
         }
 
 

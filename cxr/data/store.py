@@ -26,6 +26,7 @@ from cxr.atomic import atomic_dir
 from cxr.data.images import DEFAULT_MAX_PIXELS, open_gray
 from cxr.data.radiograph import DEFAULT, InputRecipe
 from cxr.data.splits import SPLITS, DatasetError, file_metadata, scan_split
+from cxr.lifetime import worker_dies_with_parent
 from cxr.progress import progress
 
 STORE_FORMAT = 2
@@ -111,7 +112,9 @@ def build_store(
     train = scan_split(raw_dir, "train", None, multilabel, exclude)
     found = {name: scan_split(raw_dir, name, train.classes, multilabel, exclude) for name in SPLITS}
     with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(ProcessPoolExecutor(workers)) if workers > 1 else None
+        pool = None
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=worker_dies_with_parent))
 
         def rows(files: Sequence[Path]) -> Iterator[bytes]:  # lazy: one split's rows in flight at a time
             jobs = [(str(f), image_size, max_pixels, recipe) for f in files]

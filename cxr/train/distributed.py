@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cxr.errors import ConfigError
-from cxr.train.exclusive import child_dies_with_this_process, die_with_launcher
+from cxr.lifetime import child_dies_with_this_process
 
 
 @dataclass(frozen=True)
@@ -109,5 +109,4 @@ def relaunch(nproc: int, module: str) -> int:
     """Run `python -m module` in `nproc` processes on this machine with torchrun; its exit status."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
     print(f"{module}: train.nproc is {nproc}: {' '.join(cmd[1:])}", flush=True)
-    die_with_launcher()  # a killed dvc ends this process, whose death ends torchrun, which ends its workers
     return subprocess.run(cmd, check=False, preexec_fn=child_dies_with_this_process()).returncode  # noqa: PLW1509

@@ -1,120 +1,20 @@
-"""One trainer at a time per workspace: a lock file held for the whole run, and a trainer that
-dies with the process that started it (a killed `dvc` takes its stage with it on Linux, whether
-dvc ran it directly or through `sh -c`)."""
+"""One trainer at a time per workspace: a lock file held for the whole run."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
 import fcntl
-import functools
 import os
-import signal
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from cxr.errors import PipelineError
 
-PR_SET_PDEATHSIG = 1  # prctl option: a signal sent to this process when its parent dies
-
 
 class TrainingLockError(PipelineError, RuntimeError):
     """Another training run holds the workspace's lock: two writers would interleave the curves."""
-
-
-SHELLS = frozenset({"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh", "busybox"})
-WATCH_EVERY_S = 0.5  # how often a trainer whose launcher is not its parent checks the launcher lives
-
-
-def _stat(pid: int) -> tuple[str, int, str] | None:
-    """(state, parent pid, start time) of `pid` from /proc, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
-    return fields[0], int(fields[1]), fields[19]
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def launcher_pid() -> int | None:
-    """The process whose death should end this one: under `dvc repro`/`dvc exp run` (DVC_STAGE is
-    set) the nearest ancestor that is not a shell, i.e. dvc itself even when dvc ran the stage through
-    `sh -c` (dash keeps the shell alive as the parent); otherwise the parent unless it is a shell
-    (torchrun, the stage that relaunched itself), so `nohup python -m stages.train &` from a terminal
-    survives the terminal."""
-    under_dvc = "DVC_STAGE" in os.environ
-    pid = os.getppid()
-    for _ in range(8):
-        if pid <= 1:
-            return None
-        if _comm(pid) not in SHELLS:
-            return pid
-        if not under_dvc:
-            return None
-        stat = _stat(pid)
-        if stat is None:
-            return None
-        pid = stat[1]
-    return None
-
-
-def _watch(pid: int, started: str) -> None:
-    """Poll `pid`; SIGTERM this process once it has exited (gone, a zombie, or its pid reused)."""
-    while True:
-        time.sleep(WATCH_EVERY_S)
-        stat = _stat(pid)
-        if stat is None or stat[0] in ("Z", "X") or stat[2] != started:
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-
-
-def die_with_launcher() -> int | None:
-    """End this process (SIGTERM) when its launcher (see `launcher_pid`) exits, e.g. `dvc` killed
-    with -9, so no orphaned trainer keeps writing. The kernel does it when the launcher is the parent
-    (PR_SET_PDEATHSIG); a daemon thread polls it when a shell stands between. Returns the launcher's
-    pid, or None where there is none or this is not Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    pid = launcher_pid()
-    stat = _stat(pid) if pid else None
-    if pid is None or stat is None:
-        return None
-    if pid == os.getppid():
-        if _set_pdeathsig() and os.getppid() == pid:  # and the parent did not die before it took effect
-            return pid
-    threading.Thread(target=_watch, args=(pid, stat[2]), name="launcher-watch", daemon=True).start()
-    return pid
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-def _set_pdeathsig() -> bool:
-    libc = _libc()
-    return libc is not None and libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0
-
-
-def child_dies_with_this_process() -> Callable[[], None] | None:
-    """A subprocess `preexec_fn` (Linux; None elsewhere): the child (torchrun) gets SIGTERM when this
-    process dies. libc is loaded here, before the fork, so the child only makes one system call."""
-    if not sys.platform.startswith("linux") or _libc() is None:
-        return None
-    return _set_pdeathsig
 
 
 @contextlib.contextmanager
@@ -123,7 +23,7 @@ def training_lock(path: Path | str) -> Iterator[None]:
     when another process holds it. The kernel drops the lock when its holder dies."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -138,3 +38,24 @@ def training_lock(path: Path | str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    """Open (creating) the lock file without following a link: a symlink planted at `path` would have
+    training truncate whatever it points to. A link, a folder or anything but a plain file is refused."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENOTDIR) or path.is_symlink() or path.is_dir():
+            raise TrainingLockError(
+                f"{path}: the training lock must be a plain file, found a "
+                f"{'symbolic link' if path.is_symlink() else 'folder' if path.is_dir() else 'non-file'}; "
+                f"remove it (`rm -r {path}`) and run again"
+            ) from None
+        raise TrainingLockError(
+            f"{path}: cannot open the training lock ({exc.strerror}); check the folder's permissions"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TrainingLockError(f"{path}: the training lock must be a plain file; remove it and run again")
+    return fd

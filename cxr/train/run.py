@@ -24,7 +24,7 @@ from cxr.progress import progress
 from cxr.train.augment import augment_batch, is_active
 from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed
-from cxr.train.exclusive import die_with_launcher, training_lock
+from cxr.train.exclusive import training_lock
 from cxr.train.features import cache_applies, load_features
 from cxr.train.log import RunLog, run_log
 from cxr.train.loop import (
@@ -224,7 +224,6 @@ def train(
 ) -> dict:
     """Train per `params`; keep the best epoch (val macro F1) at `model_path`. Returns the best scores."""
     dist = Distributed.from_env()
-    die_with_launcher()
     lock = training_lock(Path(last_path).parent / ".train.lock") if dist.is_main else contextlib.nullcontext()
     try:
         with lock:

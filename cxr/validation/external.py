@@ -98,7 +98,23 @@ def score_set(name: str, folder: Path, scoring: Scoring, training: TrainingImage
     files, labels = external_files(folder, spec.classes, spec.multilabel)
     leak = training.repeated(files)
     keep = [i for i, bad in enumerate(leak) if not bad]
+    if not files:
+        raise DatasetError(f"evaluate.external.{name}: {folder} holds no images; expected {{class}}/file images")
+    if not keep:
+        raise DatasetError(
+            f"evaluate.external.{name}: all {len(files)} images of {folder} repeat training images (data/raw) "
+            "exactly or nearly, so nothing is left to validate on; point it at films the model did not train on"
+        )
     scored = assess_files(scoring.scorer, [files[i] for i in keep], scoring.rule)
+    if scored.problems:
+        shown = "; ".join(f"{path}: {why}" for path, why in scored.problems[:5])
+        more = f" (and {len(scored.problems) - 5} more, listed in external.json)" if len(scored.problems) > 5 else ""
+        print(f"external: {name}: {len(scored.problems)} unreadable images left out: {shown}{more}", flush=True)
+    if not scored.files:
+        raise DatasetError(
+            f"evaluate.external.{name}: none of the {len(keep)} images of {folder} could be read "
+            f"(e.g. {scored.problems[0][0]}: {scored.problems[0][1]}); fix or replace the files"
+        )
     decoded = set(scored.files)
     kept = [i for i in keep if files[i] in decoded]
     labels = labels[kept]
@@ -118,6 +134,7 @@ def score_set(name: str, folder: Path, scoring: Scoring, training: TrainingImage
             cls = spec.classes[i]
             log.curve("roc", truth.astype(int), probs[:, i], f"roc/{name}/{cls}.json", f"{name}: {cls}")
     scores.update({"folder": str(folder), "leaks_excluded": int(sum(leak)), "unreadable": len(scored.problems)})
+    scores["unreadable_files"] = [{"path": path, "why": why} for path, why in scored.problems]
     flags = scoring.rule.flags(scored.doubt, scored.checks) if scoring.rule else scored.checks
     scores["abstention"] = {
         "flagged": sum(bool(f) for f in flags),

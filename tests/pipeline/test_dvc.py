@@ -73,7 +73,7 @@ def repo(tmp_path_factory):
 
 def test_repro_builds_everything_then_nothing(repo):
     _, out = dvc(repo, "repro")
-    for stage in ("download", "verify", "decode", "features", "train", "evaluate", "export"):
+    for stage in ("check_params", "download", "verify", "decode", "features", "train", "evaluate", "export"):
         assert f"Running stage '{stage}'" in out
     exported = json.loads((repo / "metrics/export.json").read_text())
     assert exported["images"] == 12 and exported["onnx_max_abs_diff"] < 1e-4
@@ -129,12 +129,28 @@ def test_editing_an_imported_module_reruns_exactly_its_importers(repo, module):
 
 @pytest.mark.parametrize("key, value", [("nproc", 2), ("compile", True), ("low_memory", True)])
 def test_runtime_knobs_rerun_nothing(repo, key, value):
+    """Only check_params (which validates params.yaml whole and writes nothing) sees the edit."""
     set_param(repo, "train", key, value)
     try:
         _, out = dvc(repo, "status")
-        assert "Data and pipelines are up to date" in out, out
+        changed = {line.rstrip(":") for line in out.splitlines() if line.endswith(":") and not line[0].isspace()}
+        assert changed == {"check_params"}, out
     finally:
         run(repo, "git", "checkout", "--", "params.yaml")
+
+
+def test_a_misspelt_key_fails_the_run_though_no_stage_lists_it(repo):
+    """Issue 24: stages list the keys they read, so `train.lrr` changed no stage's deps and `dvc repro`
+    said "up to date" with the typo ignored; check_params depends on the whole file and refuses it."""
+    set_param(repo, "train", "lrr", 0.1)
+    try:
+        code, out = dvc(repo, "repro", check=False)
+        assert code != 0 and "train.lrr: unknown key; did you mean train.lr?" in out, out
+        assert "Running stage 'train'" not in out
+    finally:
+        run(repo, "git", "checkout", "--", "params.yaml")
+    _, out = dvc(repo, "status")
+    assert "up to date" in out, out  # the failed run recorded nothing
 
 
 def test_changing_lr_reruns_train_and_evaluate_only(repo):

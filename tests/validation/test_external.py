@@ -41,3 +41,29 @@ def test_an_external_folder_is_scored_without_the_training_images_it_repeats(tmp
     raw["evaluate"]["external"] = {"bad": str(tmp_path / "nowhere")}
     with pytest.raises(DatasetError, match="nowhere is not a folder"):
         validate_externally(parse_params(raw), model, metrics, demo_root, tmp_path / "e2.json", tmp_path / "e2")
+
+    # issue 24: an unreadable image is named, not silently dropped
+    (external / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    raw["evaluate"]["external"] = {"seed7": str(external)}
+    results = validate_externally(parse_params(raw), model, metrics, demo_root, tmp_path / "e3.json", tmp_path / "e3")
+    assert results["seed7"]["unreadable"] == 1 and results["seed7"]["n"] == 10
+    assert [u["path"] for u in results["seed7"]["unreadable_files"]] == [str(external / "normal" / "broken.png")]
+    # the training split itself: nothing left to validate on, said plainly (was a raw traceback)
+    raw["evaluate"]["external"] = {"self": str(demo_root / "train")}
+    with pytest.raises(DatasetError, match=r"evaluate.external.self: all 24 images .* repeat training images"):
+        validate_externally(parse_params(raw), model, metrics, demo_root, tmp_path / "e4.json", tmp_path / "e4")
+    # an empty set
+    for cls in ("infected", "normal"):
+        (tmp_path / "empty" / cls).mkdir(parents=True)
+    raw["evaluate"]["external"] = {"empty": str(tmp_path / "empty")}
+    with pytest.raises(DatasetError, match=r"evaluate.external.empty: .*empty holds no images"):
+        validate_externally(parse_params(raw), model, metrics, demo_root, tmp_path / "e5.json", tmp_path / "e5")
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b"])
+def test_an_external_set_name_is_a_plain_file_name(name):
+    """An external set named `..` put its ROC files outside metrics/external/roc/ (issue 24)."""
+    raw = tiny_params_dict()
+    raw["evaluate"]["external"] = {name: "/tmp"}
+    with pytest.raises(Exception, match="evaluate.external"):
+        parse_params(raw)

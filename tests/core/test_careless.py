@@ -70,3 +70,73 @@ def test_a_root_csv_with_a_repeated_file_is_refused_before_splitting(tmp_path, d
     with pytest.raises((ArchiveError, DatasetError), match=r"labels.csv:32: 3.png already has a row \(line 5\)"):
         sources.write_dataset(parse_params(raw).data, 0, out)
     assert not any(out.rglob("*.png"))
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder"])
+def test_the_training_lock_is_never_followed_through_a_link(tmp_path, kind):
+    """Issue 24, hole 4: a symlink at models/.train.lock had training truncate its target; a folder there
+    was a raw traceback."""
+    from cxr.train.exclusive import TrainingLockError, training_lock
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    lock = tmp_path / "models" / ".train.lock"
+    lock.parent.mkdir()
+    if kind == "symlink":
+        lock.symlink_to(target)
+    else:
+        lock.mkdir()
+    with pytest.raises(TrainingLockError, match=r"\.train\.lock: the training lock must be a plain file, found a"):
+        with training_lock(lock):
+            pass
+    assert target.read_text() == "keep me\n"
+
+
+_POOL = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from cxr.lifetime import worker_dies_with_parent
+pool = ProcessPoolExecutor(2, initializer=worker_dies_with_parent)
+pool.submit(time.sleep, 0).result()
+print(*pool._processes, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_pool_workers_die_with_a_killed_stage(tmp_path):
+    """Issue 24: decode's pool workers (hundreds of MB each) outlived a `kill -9` of decode."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "pids.txt"
+    with out.open("w") as sink:
+        stage = subprocess.Popen([sys.executable, "-c", _POOL], cwd=REPO, stdout=sink)
+    deadline = time.monotonic() + 60
+    while not out.read_text().strip():
+        assert time.monotonic() < deadline, "the pool did not start"
+        time.sleep(0.05)
+    workers = [int(pid) for pid in out.read_text().split()]
+    assert workers
+    os.kill(stage.pid, signal.SIGKILL)
+    stage.wait()
+    try:
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in workers), "pool workers outlived the killed stage"
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

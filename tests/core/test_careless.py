@@ -3,6 +3,7 @@ is now refused by name, with the fix, before anything is trained or written."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import shutil
 
@@ -27,7 +28,7 @@ def test_a_repeated_row_is_refused_not_trained_twice(demo_root):
     first = sorted((demo_root / "train" / "normal").glob("*.png"))[0].name
     _split_csv(demo_root, [f"normal/{first},normal,"])
     assert len(scan_split(demo_root, "val").files) == 12  # other splits untouched
-    with pytest.raises(DatasetError, match=rf"labels.csv:26: {first} already has a row \(line 14\); this row repeats it"):
+    with pytest.raises(DatasetError, match=rf"labels.csv:26: {first} already has a row \(line 14\); this row repeats"):
         scan_split(demo_root, "train")
 
 

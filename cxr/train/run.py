@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from cxr.checksums import tree_digest
 from cxr.config import Params
 from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
@@ -237,7 +238,7 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
     if params.train.low_memory and release_large_blocks() and dist.is_main:
         print("train: train.low_memory: allocations over 8 MiB are returned to the system when freed")
     run = build_run(params, store_dir, features_dir, dist)
-    signature = run_signature(params, run.spec.classes)
+    signature = {**run_signature(params, run.spec.classes), "data": tree_digest(store_dir)}  # the decoded images
     start, best = restore(run, last_path, signature)
     keep_best_model(run, model_path, best)
     run.say(describe(run))

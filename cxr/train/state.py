@@ -89,7 +89,10 @@ def _differences(old: dict, new: dict) -> list[str]:
     """The params in which two run signatures differ, as `key old -> new`."""
     pairs = [(f"train.{k}", old["train"].get(k), v) for k, v in new["train"].items()]
     pairs += [(k, old[k], new[k]) for k in ("seed", "task", "classes")]
-    return sorted(f"{key} {before!r} -> {after!r}" for key, before, after in pairs if before != after)
+    found = sorted(f"{key} {before!r} -> {after!r}" for key, before, after in pairs if before != after)
+    if old.get("data") != new.get("data"):
+        found.append("the training data (data/decoded holds other images or labels)")
+    return found
 
 
 def newest_state(path: Path | str, signature: dict) -> tuple[Path, dict]:

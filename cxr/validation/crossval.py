@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.atomic import write_json
+from cxr.checksums import tree_digest
 from cxr.config import Params
 from cxr.data.grouping import Grouping, assign_folds, image_groups, regroup, split_groups
 from cxr.data.splits import SPLITS, DatasetError, file_metadata
@@ -19,7 +20,7 @@ from cxr.summaries import accuracy_key
 from cxr.train.features import cache_features
 from cxr.train.run import train
 from cxr.train.state import run_signature
-from cxr.validation.kept_folds import KeptFolds, code_digest, tree_digest
+from cxr.validation.kept_folds import KeptFolds, code_digest
 
 FOLD_METRICS = ("accuracy", "f1_macro")
 DESCRIPTIVE = ("fold", "source", "classes", "untestable", "left_out_shared_groups", "n")  # named, not averaged

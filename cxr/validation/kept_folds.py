@@ -4,28 +4,19 @@ models/cv before the stage reruns, but not this git-ignored folder of hard links
 
 A kept fold is reused only when everything that made it is the same: its signature holds the
 params that change a result, the fold's decoded images (so the data and the fold assignment) and
-the code of the `cxr` package."""
+the code of the `cxr` package; and only while each kept file has the sha256 it was kept with."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from cxr.atomic import link_or_copy, write_json
-from cxr.checksums import sha256_of
+from cxr.checksums import sha256_of, tree_digest
 
 SIGNATURE = "signature.json"
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the cxr package
-
-
-def tree_digest(root: Path, pattern: str = "*") -> str:
-    """sha256 over the relative names and bytes of the files under `root` matching `pattern`, in a fixed order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob(pattern) if p.is_file()):
-        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_of(path)}\n".encode())
-    return digest.hexdigest()
 
 
 def code_digest() -> str:
@@ -53,20 +44,39 @@ class KeptFolds:
         self.kept_dir = kept_dir
 
     def restore(self, fold: int, where: Path, signature: dict) -> bool:
-        """Link fold `fold`'s kept files into `where` if they were made under `signature`."""
+        """Link fold `fold`'s kept files into `where` if they were made under `signature` and each still
+        has the sha256 it was kept with (an edited test.json or a deleted model.pt retrains the fold)."""
         kept = self.kept_dir / f"fold{fold}"
         try:
-            if json.loads((kept / SIGNATURE).read_text()) != signature:
-                return False
+            record = json.loads((kept / SIGNATURE).read_text())
         except (OSError, ValueError):
+            return False
+        if not isinstance(record, dict) or record.get("signature") != signature:
+            return False
+        changed = [rel for rel, digest in record.get("files", {}).items() if _digest_or_none(kept / rel) != digest]
+        if changed or not record.get("files"):
+            print(
+                f"crossval: fold {fold + 1}: kept files changed since they were kept ({', '.join(changed)}); "
+                "training it again",
+                flush=True,
+            )
             return False
         _link_tree(kept, where, skip=frozenset({SIGNATURE}))
         return True
 
     def keep(self, fold: int, where: Path, signature: dict) -> None:
-        """Keep a finished fold: its files first, the signature last (a fold killed mid-keep is not reused)."""
+        """Keep a finished fold: its files first, then the signature with each file's sha256 (a fold killed
+        mid-keep is not reused)."""
         kept = self.kept_dir / f"fold{fold}"
         shutil.rmtree(kept, ignore_errors=True)
         kept.mkdir(parents=True)
         _link_tree(where, kept, skip=frozenset({self.DECODED}))
-        write_json(kept / SIGNATURE, signature)
+        files = {p.relative_to(kept).as_posix(): sha256_of(p) for p in sorted(kept.rglob("*")) if p.is_file()}
+        write_json(kept / SIGNATURE, {"signature": signature, "files": files})
+
+
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return sha256_of(path)
+    except OSError:
+        return None

@@ -56,6 +56,15 @@ def test_resume_refuses_a_checkpoint_from_other_params(tmp_path, demo_root, monk
         _run(tmp_path, demo_root, monkeypatch, "run", epochs=2, lr=0.05, resume=True)
 
 
+def test_resume_refuses_a_state_trained_on_other_data(tmp_path, demo_root, monkeypatch):
+    """Issue 24: with train.resume left set and the dataset changed, the finished old run was "resumed"
+    for 0 epochs and the old data's model saved as the new one: the signature now holds the data."""
+    _run(tmp_path, demo_root, monkeypatch, "run", epochs=1, resume=True)
+    sorted((demo_root / "train" / "normal").glob("*.png"))[0].unlink()  # the dataset changes
+    with pytest.raises(ResumeError, match=r"differs in the training data \(data/decoded holds other images"):
+        _run(tmp_path, demo_root, monkeypatch, "run", epochs=1, resume=True)
+
+
 def test_a_killed_checkpoint_write_is_ignored_by_git_and_removed_by_the_next_one(tmp_path):
     """A trainer killed inside torch.save leaves a partial temp file (134 MB for VGG16's training
     state); it is named by its dead owner, so git ignores it and the next save removes it."""

@@ -48,6 +48,9 @@ class Run:
             tqdm.write(message)  # above a progress bar, on a terminal
 
 
+STATE_KEYS = frozenset({"model", "optimizer", "scheduler", "epoch", "best", "signature", "torch_rng", "batch_rng"})
+
+
 def run_signature(params: Params, classes: tuple[str, ...]) -> dict:
     """What must match for a resumed run to continue the interrupted one."""
     train = params.train.model_dump(exclude={k.split(".", 1)[1] for k in RUNTIME_KEYS})
@@ -87,32 +90,52 @@ def shadow_of(path: Path | str) -> Path:
 
 def _differences(old: dict, new: dict) -> list[str]:
     """The params in which two run signatures differ, as `key old -> new`."""
-    pairs = [(f"train.{k}", old["train"].get(k), v) for k, v in new["train"].items()]
-    pairs += [(k, old[k], new[k]) for k in ("seed", "task", "classes")]
+    old = old if isinstance(old, dict) else {}
+    pairs = [(f"train.{k}", (old.get("train") or {}).get(k), v) for k, v in new["train"].items()]
+    pairs += [(k, old.get(k), new[k]) for k in ("seed", "task", "classes")]
     found = sorted(f"{key} {before!r} -> {after!r}" for key, before, after in pairs if before != after)
     if old.get("data") != new.get("data"):
         found.append("the training data (data/decoded holds other images or labels)")
     return found
 
 
+def _read_state(path: Path) -> tuple[dict | None, str]:
+    """A training state file and "", or None and why it cannot be one (empty, truncated, text, foreign)."""
+    if path.stat().st_size == 0:
+        return None, f"{path} is empty"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - empty, text, truncated or foreign files all end here
+        return None, f"{path} is not a training state ({type(exc).__name__}: {str(exc)[:80]})"
+    missing = sorted(STATE_KEYS - set(state)) if isinstance(state, dict) else ["everything"]
+    if missing:
+        return None, f"{path} is not a training state this pipeline wrote (no {', '.join(missing)})"
+    return state, ""
+
+
 def newest_state(path: Path | str, signature: dict) -> tuple[Path, dict]:
     """The training state to resume: of `path` and its shadow, the one written by a run with these
-    params (`signature`) that got furthest. Refuses, naming each state and the params that differ,
-    when neither was."""
-    found = []
+    params (`signature`) that got furthest. Refuses, naming each state and the params that differ
+    (or why it is not a training state at all), when neither was."""
+    found, unusable = [], []
     for candidate in (Path(path), shadow_of(path)):
         if candidate.is_file():
-            found.append((candidate, torch.load(candidate, map_location="cpu", weights_only=True)))
+            state, why = _read_state(candidate)
+            if state is None:
+                unusable.append(why)
+            else:
+                found.append((candidate, state))
     matching = [(p, s) for p, s in found if s["signature"] == signature]
     if matching:
         return max(matching, key=lambda ps: ps[1]["epoch"])
-    seen = "; ".join(
+    seen = [
         f"{p} (after epoch {s['epoch']}) differs in {', '.join(_differences(s['signature'], signature))}"
         for p, s in found
-    )
+    ]
     raise ResumeError(
-        f"train.resume: no training state was written by a run with these params: {seen}; "
-        "set train.resume: false to start afresh, or restore the params of the interrupted run"
+        f"train.resume: no training state was written by a run with these params: {'; '.join(seen + unusable)}; "
+        f"set train.resume: false to start afresh (or delete {Path(path)} and {shadow_of(path)}), "
+        "or restore the params of the interrupted run"
     )
 
 

@@ -65,6 +65,32 @@ def test_resume_refuses_a_state_trained_on_other_data(tmp_path, demo_root, monke
         _run(tmp_path, demo_root, monkeypatch, "run", epochs=1, resume=True)
 
 
+@pytest.mark.parametrize("damage", ["empty", "text", "truncated", "foreign", "corrupt second copy"])
+def test_a_damaged_training_state_is_named_not_a_traceback(tmp_path, demo_root, monkeypatch, damage):
+    """Issue 24: resume on a truncated, foreign or text last.pt (or a corrupt second copy) was a raw
+    traceback. A damaged copy is named; a good second copy is still resumed from."""
+    work, _ = _run(tmp_path, demo_root, monkeypatch, "run", epochs=1)
+    last, shadow = work / "models/last.pt", work / "models/.last.resume.pt"
+    good = last.read_bytes()
+    target = shadow if damage == "corrupt second copy" else last
+    for p in (last, shadow):
+        p.unlink()
+    if damage == "corrupt second copy":
+        last.write_bytes(good)
+    if damage == "foreign":
+        torch.save({"weights": torch.zeros(2)}, target)
+    else:
+        damaged = {"empty": b"", "text": b"epoch 3\n", "truncated": good[: len(good) // 2]}
+        target.write_bytes(damaged.get(damage, good[:99]))
+    if damage == "corrupt second copy":
+        _run(tmp_path, demo_root, monkeypatch, "run", epochs=1, resume=True)  # resumes from the good copy
+        assert torch.load(last, weights_only=True)["epoch"] == 1
+        return
+    says = {"empty": "is empty", "foreign": "is not a training state this pipeline"}.get(damage, "is not a training")
+    with pytest.raises(ResumeError, match=rf"last.pt {says}.*set train.resume: false to start afresh \(or delete"):
+        _run(tmp_path, demo_root, monkeypatch, "run", epochs=2, resume=True)
+
+
 def test_a_killed_checkpoint_write_is_ignored_by_git_and_removed_by_the_next_one(tmp_path):
     """A trainer killed inside torch.save leaves a partial temp file (134 MB for VGG16's training
     state); it is named by its dead owner, so git ignores it and the next save removes it."""

@@ -233,6 +233,13 @@ class TrainConfig(_Section):
     nproc: Annotated[int, Field(ge=1, le=1024)]
     resume: bool
 
+    @field_validator("batch_size")
+    @classmethod
+    def _two_or_more(cls, value: int) -> int:
+        if value < 2:  # a one-image batch is left out of training (batch norm cannot use it): nothing would train
+            raise ValueError("must be 2 or more: batch norm needs two images a batch (a last batch of one is left out)")
+        return value
+
     @field_validator("freeze")
     @classmethod
     def _freeze_list(cls, value):

@@ -64,6 +64,22 @@ def pool_groups(pool: Pool, raw_dir: Path, meta: list[dict[str, str]], near_bits
     return image_groups([raw_dir / f for f in pool.files], patients, Grouping(near_bits))
 
 
+def refuse_thin_classes(group: list[int], strata: list[str], k: int) -> None:
+    """Every fold needs each class in its test and validation parts: a class with fewer than k groups
+    (patients, or near-identical images) leaves some fold without it. Refused before any fold trains."""
+    groups_of: dict[str, set[int]] = {}
+    for g, cls in zip(group, strata, strict=True):
+        groups_of.setdefault(cls, set()).add(g)
+    thin = {cls: len(gs) for cls, gs in sorted(groups_of.items()) if len(gs) < k}
+    if thin:
+        most = min(len(gs) for gs in groups_of.values())
+        listed = ", ".join(f"{cls!r} has {n}" for cls, n in thin.items())
+        raise DatasetError(
+            f"data.folds: {k} folds need at least {k} images (or patients) of each class to test every class in "
+            f"every fold; {listed}; use data.folds: {most} or fewer (or add images)"
+        )
+
+
 def kfold_members(group: list[int], strata: list[str], k: int, seed: int) -> list[dict[str, list[int]]]:
     """Per fold i, the pooled images of each split: test = fold i, val = fold i + 1, train = the rest
     (cxr.data.grouping.assign_folds over the groups, stratified by class)."""
@@ -218,6 +234,7 @@ def cross_validate(
     if params.data.folds == "source":
         members, about = source_members(pool, meta, group, params)
     else:
+        refuse_thin_classes(group, pool.strata(), params.data.folds)
         members = kfold_members(group, pool.strata(), params.data.folds, params.seed)
         about = [{} for _ in members]
     k = len(members)

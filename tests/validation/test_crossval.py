@@ -184,3 +184,16 @@ def test_leave_one_source_out_names_what_is_missing(demo_root, tmp_path):
     decode(params, one, tmp_path / "decoded1", tmp_path / "no-data.json")
     with pytest.raises(DatasetError, match=r"two or more sources in labels.csv; found \['hospA'\]"):
         crossval.cross_validate(params, one, tmp_path / "decoded1", tmp_path / "cv1", tmp_path / "cv1.json")
+
+
+def test_more_folds_than_images_of_a_class_is_refused_before_any_fold_trains(demo_root, store, tmp_path, monkeypatch):
+    """Issue 24: data.folds larger than a class's images trained 7 folds, then died with a raw traceback."""
+    from cxr.data.splits import DatasetError
+
+    calls = _counting_folds(monkeypatch)
+    raw = tiny_params_dict()
+    raw["data"]["folds"] = 30
+    says = r"data.folds: 30 folds .* 'infected' has 24, 'normal' has 24; use data.folds: 24"
+    with pytest.raises(DatasetError, match=says):
+        crossval.cross_validate(parse_params(raw), demo_root, store, tmp_path / "cv", tmp_path / "cv.json")
+    assert calls == []

@@ -46,6 +46,8 @@ def run(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.is_dir():  # checked before the model loads: nothing to lose
+        parser.error(f"--out {args.out} is a folder; give a file in it, e.g. --out {args.out / 'predictions.csv'}")
 
     paths = member_paths(args.model) if args.model.is_dir() else [args.model]  # a folder: its fold models' ensemble
     model, spec, payload = load_scorer(paths)

@@ -180,8 +180,11 @@ def arrange_splits(
         return f"{{class}}/file layout, split {1 - val - test:.2f}/{val:.2f}/{test:.2f} by class (seed {seed})"
     described = "{split}/{class}/file layout (" + ", ".join(f"{s}={p.name}" for s, p in layout.items()) + ")"
     missing = [s for s in SPLITS if s not in layout or not _is_labelled(layout[s])]
+    unlabeled = [s for s in layout if s in missing]  # two or more (val/ and test/ flat): one sub-folder each
     for split, folder in layout.items():
-        dest = out_dir / (split if split not in missing else UNLABELED)
+        dest = out_dir / split
+        if split in missing:
+            dest = out_dir / UNLABELED / (folder.name if len(unlabeled) > 1 else "")
         if move:
             shutil.move(str(folder), str(dest))
         else:

@@ -141,3 +141,14 @@ def test_pool_workers_die_with_a_killed_stage(tmp_path):
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_predict_out_a_folder_is_named_before_the_model_loads(tmp_path, capsys):
+    """Issue 24: `predict --out <a folder>` scored everything, then died with a raw traceback."""
+    from stages import predict
+
+    with pytest.raises(SystemExit) as exited:
+        predict.run(["x.png", "--out", str(tmp_path), "--model", str(tmp_path / "no-model.pt")])
+    assert exited.value.code == 2
+    says = f"--out {tmp_path} is a folder; give a file in it, e.g. --out {tmp_path}/predictions.csv"
+    assert says in capsys.readouterr().err

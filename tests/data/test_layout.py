@@ -87,3 +87,22 @@ def test_train_and_test_only_carves_val(tmp_path):
              tmp_path / "p.csv", tmp_path / "eval", submission)  # fmt: skip
     header = ",".join(["file", "label", "p_covid", "p_normal", "p_pneumonia", *DOUBT_COLUMNS])
     assert submission.read_text().splitlines() == [header]
+
+
+def test_val_and_test_both_unlabeled_go_to_their_own_folders(tmp_path):
+    """Issue 24: val/ and test/ both flat folders of unlabeled images was a raw traceback (both were
+    copied to unlabeled/); each is now a sub-folder of unlabeled/ and train is carved for val and test."""
+    demo = parse_params(_multiclass())
+    write_demo_dataset(tmp_path / "demo", demo.data, 0)
+    for split in ("val", "test"):
+        for png in sorted((tmp_path / "demo" / split).rglob("*.png")):
+            png.rename(tmp_path / "demo" / split / f"{png.parent.name}_{png.name}")
+        for cls in sorted(CLASSES):
+            (tmp_path / "demo" / split / cls).rmdir()
+    params = parse_params(_multiclass(source="folder", folder=str(tmp_path / "demo")))
+    out = tmp_path / "raw"
+    out.mkdir()
+    what = sources.write_dataset(params.data, 0, out)
+    assert "unlabeled/" in what and "val carved out of train" in what and "test carved out of train" in what
+    assert {p.name for p in (out / "unlabeled").iterdir()} == {"val", "test"}
+    assert len(list((out / "unlabeled" / "test").glob("*.png"))) == 18

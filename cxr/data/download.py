@@ -33,6 +33,17 @@ def _validator(response) -> dict[str, str]:
     return {"etag": headers.get("ETag") or "", "last_modified": headers.get("Last-Modified") or "", "length": length}
 
 
+def _same_version(response, part: Path, have: int) -> bool:
+    """Whether a 206 answer continues the very file `part` holds the start of: it starts at `have` and
+    carries the recorded length and validators (ETag, Last-Modified). A server that ignores If-Range
+    answers a replaced file with its new validators, or none: that is not proof, so it is refused."""
+    recorded, got = json.loads(_validator_file(part).read_text()), _validator(response)
+    starts_right = response.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+    tags = [k for k in ("etag", "last_modified") if recorded.get(k)]
+    same = bool(tags) and all(got[k] == recorded[k] for k in tags)
+    return starts_right and got["length"] == recorded["length"] and same
+
+
 def _resume_headers(part: Path) -> dict[str, str]:
     """Range headers to continue `part`, only when the version it came from is known (If-Range: the
     server sends the whole file again if it has changed since); {} means start over."""
@@ -61,8 +72,9 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
         if have and response.status != 206:  # the server's file changed (or Range is ignored): start over
             print(f"download: {url} changed since {part.name} was started (or cannot resume); downloading it again")
             have = 0
-        if have and _validator(response)["length"] != json.loads(_validator_file(part).read_text())["length"]:
-            have = 0  # same tag, other length: do not splice two versions
+        if have and not _same_version(response, part, have):  # do not splice two versions
+            print(f"download: {url}: the server's answer does not prove it is the version {part.name} was started "
+                  "from; downloading it again")
             response.close()
             return _transfer(url, _restart(part), timeout)
         if not have:

@@ -30,6 +30,7 @@ class ArchiveServer(http.server.ThreadingHTTPServer):
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.cut_first = 0
+        self.ignore_if_range = False  # a careless server: answers Range from the current file whatever If-Range says
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{name}"
@@ -48,7 +49,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         start = 0
         etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-        still_same = self.headers.get("If-Range") in (None, etag)  # If-Range: a changed file is sent whole
+        still_same = server.ignore_if_range or self.headers.get("If-Range") in (None, etag)  # else sent whole
         if self.headers.get("Range") and still_same:
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
             if start >= len(body):
@@ -151,6 +152,19 @@ def test_a_partial_file_of_a_changed_upstream_is_not_resumed(server, in_tmp):
     server.files["other.tar"] = new
     download(server.url("other.tar"), in_tmp / "dl" / "other.tar", hashlib.sha256(new).hexdigest(), backoff_s=0)
     assert server.requests[-1] == ("/other.tar", None)
+
+
+def test_a_server_ignoring_if_range_cannot_splice_a_same_length_replacement(server, in_tmp):
+    """Issue 24: a server that ignores If-Range answered the resume with the second half of a same-length
+    replacement; the spliced file's hash was offered for pinning. The 206's ETag is checked now."""
+    old, new = b"a" * 100_000, b"b" * 100_000
+    server.files["big.tar"], server.cut_first, server.ignore_if_range = old, 100, True
+    with pytest.raises(DownloadError):
+        download(server.url("big.tar"), in_tmp / "dl" / "big.tar", "", retries=0, backoff_s=0)
+    server.files["big.tar"], server.cut_first = new, 0
+    with pytest.raises(DownloadError, match=f"data.sha256 is not set.*{hashlib.sha256(new).hexdigest()}"):
+        download(server.url("big.tar"), in_tmp / "dl" / "big.tar", "", backoff_s=0)
+    assert (in_tmp / "dl" / "big.tar.part").read_bytes() == new  # the new version whole, not half and half
 
 
 def test_always_truncated_transfer_fails_after_retries(server, in_tmp):

@@ -1,6 +1,6 @@
 """The run log: one place that owns dvclive for training. The first process writes the curves
 (metrics/train/plots) and the summary; the others log to nothing. On resume the log continues at
-the epoch the training state holds, with the rows of any epoch it does not hold dropped first."""
+the epoch the training state holds, from the curves that state holds (`read_curves` at each save)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,26 @@ def trim_curves(live_dir: Path, start: int) -> None:
         kept = [row for row in rows if int(row.split("\t", 1)[0]) < start]
         if len(kept) < len(rows):
             write_text(curve, "\n".join([header, *kept]) + "\n")
+
+
+def read_curves(live_dir: Path) -> dict[str, str]:
+    """Every curve file under `live_dir`/plots, by its path under `live_dir`: kept in the training state so
+    that a resumed run continues the curves of the very run it resumes."""
+    root = Path(live_dir) / "plots"
+    return {p.relative_to(live_dir).as_posix(): p.read_text() for p in sorted(root.rglob("*.tsv"))}
+
+
+def restore_curves(live_dir: Path, curves: dict[str, str]) -> None:
+    """Put back the curves a training state holds, dropping any other run's: after a kill, `dvc exp run`
+    may leave the killed run's rows (or the committed run's) beside the state that is resumed."""
+    live_dir = Path(live_dir)
+    for curve in sorted((live_dir / "plots").rglob("*.tsv")):
+        if curve.relative_to(live_dir).as_posix() not in curves:
+            curve.unlink()
+    for rel, text in curves.items():
+        if rel.startswith("plots/") and ".." not in Path(rel).parts and rel.endswith(".tsv"):
+            (live_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            write_text(live_dir / rel, text)
 
 
 class RunLog:
@@ -48,11 +68,14 @@ class RunLog:
 
 
 @contextlib.contextmanager
-def run_log(live_dir: Path, start: int, enabled: bool) -> Iterator[RunLog]:
-    """The run log of `live_dir`, continuing after `start` finished epochs; a no-op when not `enabled`."""
+def run_log(live_dir: Path, start: int, enabled: bool, curves: dict[str, str] | None = None) -> Iterator[RunLog]:
+    """The run log of `live_dir`, continuing after `start` finished epochs with the `curves` the resumed
+    training state holds (older states hold none: the rows on disk are trimmed); a no-op when not `enabled`."""
     if not enabled:
         yield RunLog(None)
         return
+    if start > 0 and curves is not None:
+        restore_curves(live_dir, curves)
     if start > 0:
         trim_curves(live_dir, start)
     with Live(dir=str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False, report=None) as live:

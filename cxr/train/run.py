@@ -27,7 +27,7 @@ from cxr.train.averaging import WeightAverage
 from cxr.train.distributed import Distributed
 from cxr.train.exclusive import training_lock
 from cxr.train.features import cache_applies, load_features
-from cxr.train.log import RunLog, run_log
+from cxr.train.log import RunLog, read_curves, run_log
 from cxr.train.loop import (
     EpochResult,
     Fit,
@@ -120,7 +120,12 @@ def restore(run: Run, last_path: Path, signature: dict) -> tuple[int, dict | Non
         run.say(f"train: train.resume is set but {last_path} does not exist; starting at epoch 1")
         return 0, None
     start, best = restore_training_state(last_path, run, signature)
-    run.say(f"train: resuming from {last_path} after epoch {start}")
+    done = start >= run.params.train.epochs
+    run.say(
+        f"train: resuming from {last_path} after epoch {start}"
+        + ("; that run had finished, nothing is left to train (to go on with a killed run of other params, "
+           "give those params with train.resume=true)" if done else "")
+    )
     return start, best
 
 
@@ -242,7 +247,7 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
     start, best = restore(run, last_path, signature)
     keep_best_model(run, model_path, best)
     run.say(describe(run))
-    with run_log(live_dir, start, enabled=dist.is_main) as log:
+    with run_log(live_dir, start, enabled=dist.is_main, curves=run.curves) as log:
         log.value("trainable_params", run.trainable)
         for epoch in progress(range(start, params.train.epochs), desc="epochs", unit="epoch", initial=start,
                           total=params.train.epochs, disable=not dist.is_main):  # fmt: skip
@@ -255,7 +260,7 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
                 if dist.is_main:
                     save_checkpoint(model_path, run.best_weights, run.spec, **best)
             if dist.is_main:
-                save_training_state(last_path, run, epoch + 1, best, signature)
+                save_training_state(last_path, run, epoch + 1, best, signature, read_curves(live_dir))
             if stalled(run, epoch, best):
                 break
         log.summary("best", {k: best[k] for k in ("epoch", "val_f1", "val_accuracy")})

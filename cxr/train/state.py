@@ -34,6 +34,7 @@ class Run:
     data: dict[str, tuple]  # split -> (inputs, labels)
     trainable: int
     best_weights: dict | None = None  # CPU copy of the best epoch's weights, kept in the training state
+    curves: dict[str, str] | None = None  # a resumed state's curve files (None: a state from before they were kept)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -57,7 +58,9 @@ def run_signature(params: Params, classes: tuple[str, ...]) -> dict:
     return {"seed": params.seed, "task": params.data.task, "classes": list(classes), "train": train}
 
 
-def save_training_state(path: Path | str, run: Run, epoch: int, best: dict, signature: dict) -> None:
+def save_training_state(
+    path: Path | str, run: Run, epoch: int, best: dict, signature: dict, curves: dict[str, str] | None = None
+) -> None:
     """Everything `restore_training_state` needs to continue after `epoch` finished epochs, then a
     second name for it (`shadow_of`)."""
     save_payload(
@@ -71,6 +74,7 @@ def save_training_state(path: Path | str, run: Run, epoch: int, best: dict, sign
             "epoch": epoch,  # epochs finished; also the next dvclive step
             "best": best,
             "best_model": run.best_weights,  # what models/model.pt holds, in case DVC removed it
+            "curves": curves or {},  # the run's curve files up to `epoch` (cxr/train/log.py read_curves)
             "signature": signature,
             "torch_rng": torch.get_rng_state(),
             "batch_rng": run.generator.get_state(),
@@ -152,6 +156,7 @@ def restore_training_state(path: Path | str, run: Run, signature: dict) -> tuple
         run.scaler.load_state_dict(state["scaler"])
     run.fit.average.load_state_dict(state.get("average", {}))
     run.best_weights = state.get("best_model")
+    run.curves = state.get("curves")
     torch.set_rng_state(state["torch_rng"])
     run.generator.set_state(state["batch_rng"])
     if state["cuda_rng"]:

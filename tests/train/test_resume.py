@@ -190,6 +190,21 @@ def test_resume_continues_the_interrupted_state_when_last_pt_was_replaced(tmp_pa
     assert [int(row.split("\t")[0]) for row in losses] == [0, 1, 2, 3]  # steps in order, none repeated
 
 
+def test_a_resumed_state_brings_its_own_curves(tmp_path, demo_root, monkeypatch):
+    """Issue 24: after a killed `dvc exp run -S train.lr=...`, `dvc exp run -S train.resume=true` (the
+    committed params) resumed the committed, finished state but kept the killed run's curves on disk.
+    The state holds its run's curves; a resume puts them back."""
+    work, _ = _run(tmp_path, demo_root, monkeypatch, "run", epochs=2, resume=True)
+    live = work / "metrics/train/plots/metrics"
+    committed = {p: p.read_text() for p in sorted(live.rglob("*.tsv"))}
+    assert committed and all(text.count("\n") == 3 for text in committed.values())  # header + 2 epochs
+    for curve in committed:  # what the killed run with other params left
+        curve.write_text(curve.read_text().splitlines()[0] + "\n0\t9.0\n1\t9.0\n")
+    (live / "killed_only.tsv").write_text("step\tx\n0\t1\n")
+    _run(tmp_path, demo_root, monkeypatch, "run", epochs=2, resume=True)
+    assert {p: p.read_text() for p in sorted(live.rglob("*.tsv"))} == committed
+
+
 def test_resume_drops_the_curve_rows_of_an_epoch_the_state_does_not_hold(tmp_path):
     """Finding 8's other half: killed after dvclive wrote epoch 4's rows but before the state was
     saved, the resumed run repeats epoch 4; its earlier rows go, so no step appears twice."""

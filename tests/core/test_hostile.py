@@ -245,8 +245,13 @@ def test_a_second_trainer_is_refused_while_one_holds_the_workspace(tmp_path, dem
 
 
 _SLEEPER = (
-    "import os, time; from cxr.train.exclusive import die_with_launcher; "
+    "import os, time; from cxr.lifetime import die_with_launcher; "
     "print(die_with_launcher(), os.getppid(), flush=True); time.sleep(60)"
+)
+_STAGE = (  # any stage: @stage calls die_with_launcher before main (issue 24: decode and crossval ran on)
+    "import os, time; from cxr.lifetime import launcher_pid; from cxr.stage import stage; "
+    "main = lambda: (print(launcher_pid(), os.getppid(), flush=True), time.sleep(60)); "
+    "stage('decode')(main)()"
 )
 _LAUNCHER = (
     "import subprocess, sys, time; "
@@ -255,8 +260,8 @@ _LAUNCHER = (
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("under_dvc", [True, False])
-def test_a_trainer_started_through_sh_dies_with_dvc_not_with_a_terminal(tmp_path, under_dvc):
+@pytest.mark.parametrize("under_dvc, code", [(True, _SLEEPER), (False, _SLEEPER), (True, _STAGE), (False, _STAGE)])
+def test_a_trainer_started_through_sh_dies_with_dvc_not_with_a_terminal(tmp_path, under_dvc, code):
     """Issue 14, finding 8, as CI runs it: with SHELL unset dvc runs a stage as `/bin/sh -c CMD` and dash
     keeps the shell alive as the trainer's parent, so the kernel's parent-death signal never fires when
     dvc is killed. Under dvc (DVC_STAGE set) the trainer watches dvc itself and ends within a second or
@@ -272,7 +277,7 @@ def test_a_trainer_started_through_sh_dies_with_dvc_not_with_a_terminal(tmp_path
     out = tmp_path / "out.txt"
     with out.open("w") as sink:  # "dvc": a python process running sh -c "python -c SLEEPER; true"
         dvc = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, sys.executable, _SLEEPER],
+            [sys.executable, "-c", _LAUNCHER, sys.executable, code],
             cwd=REPO_ROOT,
             env=env,
             stdout=sink,
@@ -287,7 +292,7 @@ def test_a_trainer_started_through_sh_dies_with_dvc_not_with_a_terminal(tmp_path
     assert launcher == (str(dvc.pid) if under_dvc else "None")
     trainer = int(
         subprocess.run(
-            ["pgrep", "-f", "-P", parent, "die_with_launcher"], capture_output=True, text=True
+            ["pgrep", "-f", "-P", parent, "launcher"], capture_output=True, text=True
         ).stdout.split()[0]
     )
     os.kill(dvc.pid, signal.SIGKILL)

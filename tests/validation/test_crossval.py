@@ -104,7 +104,7 @@ def test_a_fold_killed_while_being_kept_is_not_reused(demo_root, store, tmp_path
     assert calls == []
 
 
-@pytest.mark.parametrize("tamper", ["edit test.json", "delete model.pt"])
+@pytest.mark.parametrize("tamper", ["edit test.json", "delete model.pt", "delete test.json"])
 def test_a_kept_fold_whose_files_changed_is_trained_again(demo_root, store, tmp_path, monkeypatch, tamper, capsys):
     """Issue 24: kept folds were reused on their signature alone: an edited test.json went into cv.json,
     a fold missing its model.pt left models/cv incomplete. Each kept file's sha256 is checked now."""
@@ -117,8 +117,8 @@ def test_a_kept_fold_whose_files_changed_is_trained_again(demo_root, store, tmp_
         scores = json.loads(target.read_text())
         target.unlink()  # a hard link to the first run's file: an editor writes a new file
         target.write_text(json.dumps({**scores, "accuracy": 0.99}))
-    else:
-        (kept / "fold0/model.pt").unlink()
+    else:  # a missing test.json was a raw traceback; a missing model.pt left models/cv incomplete
+        (kept / "fold0" / tamper.split()[1]).unlink()
     calls = _counting_folds(monkeypatch, die_at=0)
     with pytest.raises(Killed, match="fold0"):
         crossval.cross_validate(_params(resume=True), demo_root, store, tmp_path / "b", tmp_path / "b.json", kept)

@@ -227,6 +227,8 @@ class TrainConfig(_Section):
     batch_size: PositiveInt
     epochs: PositiveInt
     precision: Literal["auto", "fp32", "bf16"]
+    threads: Annotated[int, Field(ge=0, le=1024)]
+    deterministic: bool
     compile: bool
     finite_check_every: PositiveInt
     low_memory: bool

@@ -28,11 +28,13 @@ def data_summary(detail: dict) -> dict:
 
 
 def train_summary(best: dict) -> dict:
-    """train: the epoch kept as models/model.pt and its validation scores."""
+    """train: the epoch kept as models/model.pt, its validation scores, and the CPU threads it ran on
+    (a CPU run's numbers depend on them; metrics/train/metrics.json has torch, CPU and device too)."""
     return {
         "best_epoch": best["epoch"],
         "val_f1": _rounded(best["val_f1"]),
         "val_accuracy": _rounded(best["val_accuracy"]),
+        **({"threads": best["environment"]["threads"]} if "environment" in best else {}),
     }
 
 

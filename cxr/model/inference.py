@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import platform
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +37,38 @@ def standardize(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> to
 def select_device() -> torch.device:
     """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        for line in open("/proc/cpuinfo"):  # noqa: SIM115 - read until the first match
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pin_compute(threads: int = 0, deterministic: bool = False) -> dict:
+    """Apply `train.threads` (0: torch's default, one per core) and `train.deterministic` to this process;
+    return what it computes with, for the run's metrics. The thread count changes a CPU run's results
+    (the order of floating-point sums), so it is a tracked param; `deterministic` asks PyTorch for
+    deterministic kernels (on CUDA: cuBLAS workspace config, no cuDNN autotuning) and warns where an op has none."""
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = select_device()
+    return {
+        "threads": torch.get_num_threads(),
+        "deterministic": deterministic,
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
 
 
 def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:

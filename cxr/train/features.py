@@ -24,7 +24,7 @@ from cxr.config import Params, TrainConfig
 from cxr.data.radiograph import InputRecipe
 from cxr.data.store import SplitStore
 from cxr.errors import PipelineError
-from cxr.model.inference import Runtime, predict_logits
+from cxr.model.inference import Runtime, pin_compute, predict_logits
 from cxr.model.networks import head_name
 from cxr.model.spec import initial_model
 from cxr.paths import DECODED_DIR, FEATURES_DIR
@@ -131,6 +131,7 @@ def cache_features(params: Params, store_dir: Path = DECODED_DIR, out_dir: Path 
         print(f"features: nothing to cache ({why}); train runs the whole model")
         return
     start = time.perf_counter()
+    pin_compute(cfg.threads, cfg.deterministic)
     recipe = InputRecipe.from_params(cfg.input).name
     stores = {name: SplitStore(store_dir, name, cfg.image_size, recipe) for name in CACHED_SPLITS}
     model, _, _ = initial_model(params, stores["train"].classes)

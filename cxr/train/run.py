@@ -15,7 +15,7 @@ from cxr.config import Params
 from cxr.data.store import SplitStore, StoreError
 from cxr.errors import ConfigError
 from cxr.model.checkpoint import save_checkpoint
-from cxr.model.inference import Runtime
+from cxr.model.inference import Runtime, pin_compute
 from cxr.model.losses import balanced_class_weights, make_loss
 from cxr.model.networks import head_name
 from cxr.model.ood import FIT_LIMIT, training_density
@@ -69,6 +69,7 @@ def _inputs(
 def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distributed) -> Run:
     """Data, model, optimizer, schedule and loss of a run at epoch 0, on this process's device."""
     cfg = params.train
+    environment = pin_compute(cfg.threads, cfg.deterministic)
     generator = seed_everything(params.seed)  # the same on every process: same weights, same batches
     runtime = Runtime.select(cfg.precision, dist.device())
     dist.start(runtime.device)
@@ -108,6 +109,7 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
         sampling=source_balanced(sources, f"{store_dir}/train") if cfg.sampler == "source" else None,
     )
     run = Run(params, spec, model, fit, make_schedule(optimizer, cfg.schedule, cfg.epochs), generator, data, trainable)
+    run.environment = environment
     run.say(f"train: {note}")
     return run
 
@@ -264,7 +266,8 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
             if stalled(run, epoch, best):
                 break
         log.summary("best", {k: best[k] for k in ("epoch", "val_f1", "val_accuracy")})
+        log.summary("environment", run.environment)  # what the numbers were computed with
     if dist.is_main:
         attach_density(run, store_dir, model_path, best)
     run.say(f"train: best epoch {best['epoch']} (val f1 {best['val_f1']:.3f}) saved to {model_path}")
-    return best
+    return {**best, "environment": run.environment}

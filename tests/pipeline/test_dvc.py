@@ -263,6 +263,12 @@ def test_experiments_metrics_diff_and_plots(repo, tmp_path):
     for column in ("Experiment", "accuracy", "f1_macro", "best_epoch", "train.lr", "train.arch", "train.freeze"):
         assert column in header, proc.stdout
     assert "0.0001" in proc.stdout  # the experiment's own row
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}  # the script from this checkout
+    table = subprocess.run([sys.executable, "-m", "scripts.results", "--exps"], cwd=repo, capture_output=True,
+                           text=True, check=True, env=env)  # fmt: skip
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:2] == ["Experiment", "train.lr"] and "accuracy" in lines[0], table.stdout
+    assert "0.0001" in table.stdout and max(len(line) for line in lines) <= 120, table.stdout
 
     out_dir = tmp_path / "plots"
     _, out = dvc(repo, "plots", "show", "-o", str(out_dir))

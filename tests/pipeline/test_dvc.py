@@ -402,6 +402,15 @@ def test_the_model_is_a_registry_artifact_that_dvc_artifacts_get_fetches(repo, t
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     (md5,) = [o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt"]
     assert hashlib.md5(got.read_bytes()).hexdigest() == md5
+    # issue 23: from a second clone (the README's path), with the remote configured there
+    clone = tmp_path / "second"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    code, out = dvc(clone, "pull", "models/model.pt", check=False)
+    assert code != 0, "without a remote a clone cannot pull: the README says `dvc repro`"
+    dvc(clone, "remote", "add", "--local", "-d", "registry", str(tmp_path / "remote"))
+    again = tmp_path / "again.pt"
+    dvc(tmp_path, "artifacts", "get", str(clone), "cxr-classifier", "--rev", "v1.0.0", "-o", str(again))
+    assert again.read_bytes() == got.read_bytes()
 
 
 @pytest.fixture
@@ -561,3 +570,22 @@ def test_leave_one_source_out_runs_through_dvc_exp_run(tmp_path):
     assert cv["protocol"] == "leave-one-source-out" and [f["source"] for f in cv["folds"]] == ["north", "south"]
     assert sum(f["n"] for f in cv["folds"]) == 48  # every film tested once, by the fold of its own source
     assert [row["fold"] for row in json.loads((repo / "metrics/cv/folds.json").read_text())] == ["north", "south"]
+
+
+def test_a_recipe_runs_through_dvc_exp_run(tmp_path):
+    """Issue 23, item 8: `dvc exp run -S recipe=real_scratch` lays conf/recipe/real_scratch.yaml over params.yaml
+    (Hydra, through DVC); here shrunk to the tiny demo by further -S values, which win over the recipe."""
+    repo = make_repo(tmp_path / "repo", tiny_params_dict(epochs=1))
+    shutil.copytree(REPO / "conf", repo / "conf")
+    dvc(repo, "config", "hydra.enabled", "true")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "recipes")
+    shrink = ["data.source=demo", "data.task=binary", "train.image_size=32", "train.epochs=1", "train.sampler=shuffle",
+              "train.schedule.warmup=0", "train.batch_size=8"]  # fmt: skip
+    _, out = dvc(repo, "exp", "run", "-S", "recipe=real_scratch", *(a for s in shrink for a in ("-S", s)))
+    assert "Running stage 'train'" in out
+    params = yaml.safe_load((repo / "params.yaml").read_text())  # the experiment's params, left in the workspace
+    assert params["train"]["optimizer"] == "adamw" and params["train"]["augment"]["gamma"] == 0.3  # the recipe
+    assert params["train"]["image_size"] == 32 and params["data"]["source"] == "demo"  # the -S values win
+    assert "recipe" not in params and "hydra" not in params
+    assert json.loads((repo / "metrics/summary/train.json").read_text())["best_epoch"] == 1

@@ -37,3 +37,21 @@ def test_every_grid_run_validates(demo):
             assert params.train.freeze == [0, 2, 5, 10, 24, 28]
         if name.startswith("p2-"):
             assert params.data.task == "multilabel" and params.train.schedule.milestones == [2]
+
+
+@pytest.mark.parametrize("demo", [False, True])
+def test_every_grid_run_composes_the_same_through_hydra(tmp_path, monkeypatch, demo):
+    """With hydra.enabled (issue 23's recipes) DVC hands -S values to Hydra's override grammar, not YAML:
+    every grid run must give the same params both ways."""
+    from dvc.utils.hydra import compose_and_dump
+
+    from cxr.config import load_params
+
+    monkeypatch.chdir(REPO)
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, overrides in grid("none" if demo else "imagenet"):
+        overrides = overrides + (DEMO_OVERRIDES if demo else [])
+        wanted = parse_params(apply_overrides(base, overrides))
+        out = tmp_path / f"{name}.yaml"
+        compose_and_dump(out, str(REPO / "conf"), None, "config", str(REPO), overrides)
+        assert load_params(out) == wanted, name

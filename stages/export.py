@@ -13,11 +13,13 @@ from cxr.model.ensemble import identity, load_scorer, scored_paths
 from cxr.model.export import export, onnx_metadata
 from cxr.paths import (
     CV_DIR,
+    CV_METRICS,
     DATA_METRICS,
     DECODED_DIR,
     EXPORT_DIR,
     EXPORT_METRICS,
     EXPORT_SUMMARY,
+    EXTERNAL_METRICS,
     MODEL_CARD,
     MODEL_PATH,
     TEST_METRICS,
@@ -39,7 +41,8 @@ def main() -> None:
     result = export(model, spec, test[list(range(len(test)))], EXPORT_DIR, metadata)
     write_json(EXPORT_METRICS, result)
     write_json(EXPORT_SUMMARY, export_summary(result))
-    write_text(MODEL_CARD, model_card(params, spec, data, scores, result))
+    cv, external = (json.loads(p.read_text()) if p.is_file() else {} for p in (CV_METRICS, EXTERNAL_METRICS))
+    write_text(MODEL_CARD, model_card(params, spec, data, scores, result, cv, external))
     print(
         f"export: {EXPORT_DIR}/model.onnx and model.torchscript.pt match {scored} on {result['images']} test "
         f"images (max abs logit difference: ONNX {result['onnx_max_abs_diff']:.1e}, TorchScript "

@@ -1,22 +1,60 @@
-"""models/MODEL_CARD.md: what the model is, what it was trained on, how well it did (with
-intervals), what the shortcut audit found, and what it must not be used for. Written by the
-export stage from params.yaml and the metrics the pipeline tracks, never by hand."""
+"""models/MODEL_CARD.md: the nine sections of Mitchell et al. (2019), as the Hugging Face template orders
+them, under a Hugging Face metadata header: what the model is, its intended use, the factors its
+performance varies with, the metrics, the training and evaluation data, the results with intervals
+(test split, cross-validation and external sets when they exist), what the shortcut audit found, the
+ethical considerations and the caveats. Written by the export stage from params.yaml and the metrics the
+pipeline tracks, never by hand. The header is YAML written here (no huggingface_hub dependency for it)."""
 
 from __future__ import annotations
+
+import yaml
 
 from cxr.config import Params
 from cxr.model.spec import ModelSpec
 from cxr.summaries import headline_text
 
-LIMITS = """\
-- **Not for clinical use.** Not a medical device; no regulatory review; never a basis for
-  diagnosis or treatment. Research and teaching only.
-- Public COVID-19 X-ray collections mix hospitals, ages and scanners per class; a model can
-  score well by reading those differences instead of the lungs (Roberts et al. 2021, DeGrave et
-  al. 2021). Read the shortcut audit below and validate on an external source before trusting a
-  score.
-- The test figures hold for images like the test split only: same sources, same preprocessing.
-- The demo data (`data.source: demo`) are synthetic phantoms, not radiographs."""
+INTENDED = """\
+- Research and teaching: comparing training recipes for chest X-ray classification (frozen or fine-tuned
+  ImageNet CNNs, losses, augmentation) reproducibly, and studying how such models fail on films from
+  other hospitals.
+- **Out of scope: any clinical use.** Not a medical device; no regulatory review; never a basis for
+  diagnosis, triage or treatment."""
+
+FACTORS = """\
+- Relevant: the hospital or collection a film comes from (scanner, exposure, processing, burned-in text),
+  the patient's age (public pneumonia sets are pediatric, COVID-19 sets adult), the view (PA, AP, lateral)
+  and how the film was digitised (DICOM, screenshot, photograph). In public COVID-19 collections these
+  vary with the label, so each is a possible shortcut.
+- Evaluated here: by class (in Quantitative analyses); by source when cross-validation leaves one source out
+  (`data.folds: source`) or external sets are scored (`evaluate.external`); not by age, sex or view (the
+  metadata to do it is not in the data the pipeline reads)."""
+
+METRICS = """\
+- Accuracy and macro F1 on the test split; per screened class sensitivity, specificity, PPV and NPV at a
+  threshold fitted on validation, with exact (Clopper-Pearson) 95 % intervals, ROC AUC with a bootstrap
+  interval, and the expected calibration error. Sensitivity is the figure a screening use would be
+  judged by; the intervals say how far a test of this size can be trusted.
+- Abstention: the share of films the model declines (not a radiograph, out of distribution, uncertain)
+  and the accuracy on those it answers (`evaluate.coverage`)."""
+
+ETHICS = """\
+- The films are of patients; public collections were released for research, often without the patients'
+  individual consent to this use. Keep them under their own licences and never try to re-identify anyone.
+- A model that reads the hospital or the patient's age instead of the lungs can look accurate and be
+  wrong for exactly the patients unlike its training data; the shortcut audit and external results above
+  are there to show it. Report them with any figure you quote.
+- Errors are not symmetric: a missed infection (a false negative) and a false alarm have different costs;
+  the thresholds here are fitted for a validation criterion, not for a clinical cost."""
+
+CAVEATS = """\
+- **Not for clinical use.** Research and teaching only.
+- The test figures hold for images like the test split only: same sources, same preprocessing. Validate on
+  an external source before trusting a score (`evaluate.external`), and read the shortcut audit above.
+- Public COVID-19 X-ray collections mix hospitals, ages and scanners per class; a model can score well by
+  reading those differences (Roberts et al. 2021, DeGrave et al. 2021).
+- The demo data (`data.source: demo`) are synthetic phantoms, not radiographs.
+- Licence: no licence has been chosen for this repository's code or the weights it trains; the training
+  data's own licences apply to anything derived from them. Choose one before sharing the weights."""
 
 
 def _interval(report: dict, key: str) -> str:
@@ -25,6 +63,10 @@ def _interval(report: dict, key: str) -> str:
         return "n/a"
     low, high = report.get(f"{key}_ci95_low"), report.get(f"{key}_ci95_high")
     return f"{value:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{value:.3f}"
+
+
+def _rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _num(value) -> str:
@@ -54,7 +96,10 @@ def _screening_rows(test: dict) -> list[str]:
 def _model_section(params: Params, spec: ModelSpec, test: dict, exported: dict) -> list[str]:
     worst = max(exported.get("onnx_max_abs_diff", 0), exported.get("torchscript_max_abs_diff", 0))
     return [
-        "## Model",
+        "## Model details",
+        f"- Version: the checkpoint with sha256 `{test.get('model_sha256', 'n/a')}` (registry artifact "
+        "`cxr-classifier`: `git tag -a cxr-classifier@vX.Y.Z` versions it); trained by this repository's DVC "
+        "pipeline, whose `dvc.lock` records every input.",
         f"- `{spec.arch}`, task `{spec.task}`, classes {', '.join(spec.classes)}; loss `{spec.loss}` "
         f"({'softmax' if spec.loss == 'ce' else 'one sigmoid per class'} over the logits).",
         f"- Initial weights: `{params.train.weights}`; head hidden layers {list(spec.hidden)}, dropout {spec.dropout}.",
@@ -142,17 +187,96 @@ def _audit_section(params: Params, data: dict, test: dict) -> list[str]:
     ]
 
 
-def model_card(params: Params, spec: ModelSpec, data: dict, test: dict, exported: dict) -> str:
-    """The card's markdown from params, the checkpoint's spec, metrics/data.json, metrics/test.json
-    and metrics/export.json."""
+def _evaluation_data_section(params: Params, data: dict, cv: dict, external: dict) -> list[str]:
+    test = data.get("test", {})
+    lines = ["## Evaluation data",
+             f"- The test split ({test.get('total', 'n/a')} images), from the same source as training, never seen "
+             "while training or fitting thresholds (validation fits those)."]  # fmt: skip
+    if cv.get("k"):
+        pool = cv.get("pool", "train+val+test")
+        lines.append(f"- Cross-validation: {cv['k']} folds ({cv.get('protocol', 'k-fold')}, pooled from {pool}), "
+                     "each film tested once by a model that never saw it.")  # fmt: skip
+    for name, scores in sorted(external.items()):
+        lines.append(f"- External set `{name}`: {scores.get('n')} films from `{scores.get('folder')}` "
+                     f"({scores.get('leaks_excluded', 0)} repeating training films left out).")  # fmt: skip
+    if not cv.get("k") and not external:
+        lines.append("- No cross-validation or external set was run (`data.folds`, `evaluate.external`): the "
+                     "figures below say nothing about other hospitals.")  # fmt: skip
+    return lines
+
+
+def _cv_lines(cv: dict) -> list[str]:
+    if not cv.get("k"):
+        return []
+    pooled = cv.get("pooled") or {}
+    rows = [f"| {f.get('source') or f['fold']} | {f.get('n')} | {_num(f.get('accuracy'))} | {_num(f.get('f1_macro'))} |"
+            for f in cv.get("folds", [])]  # fmt: skip
+    return [
+        "", f"Cross-validation ({cv.get('protocol', 'k-fold')}, {cv['k']} folds): accuracy "
+        f"{_num(cv.get('accuracy_mean'))} ± {_num(cv.get('accuracy_std'))}, macro F1 {_num(cv.get('f1_macro_mean'))} "
+        f"± {_num(cv.get('f1_macro_std'))} (mean ± spread over folds); all {pooled.get('n', 'n/a')} test films pooled: "
+        f"accuracy {_num(pooled.get('accuracy'))}, macro F1 {_num(pooled.get('f1_macro'))}.",
+        "", "| fold (or source) | films | accuracy | macro F1 |", "|---|---|---|---|", *rows,
+    ]  # fmt: skip
+
+
+def _external_lines(external: dict) -> list[str]:
+    if not external:
+        return []
+    rows = []
+    for name, r in sorted(external.items()):
+        flagged = (r.get("abstention") or {}).get("flagged_share")
+        cells = [r.get("n"), _num(r.get("accuracy")), _num(r.get("f1_macro")), _num(flagged)]
+        rows.append(f"| {name} | " + " | ".join(str(c) for c in cells) + " |")
+    return ["", "External sets, scored with the thresholds fitted on validation:", "",
+            "| set | films | accuracy | macro F1 | share flagged |", "|---|---|---|---|---|", *rows]  # fmt: skip
+
+
+def _front_matter(params: Params, spec: ModelSpec, test: dict, external: dict) -> list[str]:
+    """The Hugging Face metadata header (YAML between --- lines): licence, library, tags, and the test
+    (and external) results as a model-index."""
+    results = [{"task": {"type": "image-classification"},
+                "dataset": {"name": f"{params.data.source} test split", "type": params.data.source},
+                "metrics": [{"type": "accuracy", "value": _rounded(test.get("accuracy"))},
+                            {"type": "f1", "name": "macro F1", "value": _rounded(test.get("f1_macro"))}]}]  # fmt: skip
+    for name, r in sorted(external.items()):
+        results.append({"task": {"type": "image-classification"}, "dataset": {"name": name, "type": "external"},
+                        "metrics": [{"type": "accuracy", "value": _rounded(r.get("accuracy"))}]})  # fmt: skip
+    header = {
+        "license": "other",
+        "library_name": "pytorch",
+        "pipeline_tag": "image-classification",
+        "tags": ["chest-x-ray", "medical-imaging", spec.arch, spec.task, "dvc"],
+        "metrics": ["accuracy", "f1", "roc_auc"],
+        "model-index": [{"name": "cxr-classifier", "results": results}],
+    }
+    return ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---"]
+
+
+def model_card(
+    params: Params, spec: ModelSpec, data: dict, test: dict, exported: dict, cv: dict | None = None,
+    external: dict | None = None,
+) -> str:
+    """The card's markdown from params, the checkpoint's spec, metrics/data.json, metrics/test.json,
+    metrics/export.json, and metrics/cv.json and metrics/external.json when given."""
+    cv, external = cv or {}, external or {}
+    results = _results_section(test)
+    results[0] = "## Quantitative analyses (95% intervals: exact for proportions, bootstrap for AUCs)"
     sections = [
+        _front_matter(params, spec, test, external),
         ["# Model card: chest X-ray classifier", "",
-         "Generated by `dvc repro export` from params.yaml, models/model.pt and metrics/*.json; do not edit."],
+         "Generated by `dvc repro export` from params.yaml, models/model.pt and metrics/*.json; do not edit. "
+         "Sections after Mitchell et al. 2019, Model Cards for Model Reporting."],
         _model_section(params, spec, test, exported),
+        ["## Intended use", INTENDED],
+        ["## Factors", FACTORS],
+        ["## Metrics", METRICS],
         _data_section(params, data),
         _recipe_section(params),
-        _results_section(test),
+        _evaluation_data_section(params, data, cv, external),
+        results + _cv_lines(cv) + _external_lines(external),
         _audit_section(params, data, test),
-        ["## Intended use and limits", LIMITS],
+        ["## Ethical considerations", ETHICS],
+        ["## Caveats and recommendations", CAVEATS],
     ]  # fmt: skip
     return "\n\n".join("\n".join(section) for section in sections) + "\n"

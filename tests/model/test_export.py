@@ -71,6 +71,37 @@ def test_the_model_card_states_data_results_audit_and_limits(trained):
     assert "accuracy 0.750" in card and f"classes {', '.join(spec.classes)}" in card
 
 
+def test_the_card_has_the_nine_sections_a_metadata_header_and_cv_and_external_results(trained):
+    """Issue 23, item 9: Mitchell et al.'s nine sections in the Hugging Face template's order, its YAML
+    metadata header, cross-validation and external results when they exist, and the audit placed where the
+    caveats say it is (above)."""
+    import yaml
+
+    params, _, spec, _, _ = trained
+    test = {"n": 12, "accuracy": 0.75, "f1_macro": 0.7412345, "model_sha256": "ab" * 32}
+    cv = {"k": 2, "protocol": "leave-one-source-out", "pool": "train+val+test", "accuracy_mean": 0.6,
+          "accuracy_std": 0.1, "f1_macro_mean": 0.55, "f1_macro_std": 0.05, "pooled": {"n": 30, "accuracy": 0.61},
+          "folds": [{"fold": 0, "source": "hannover", "n": 10, "accuracy": 0.5, "f1_macro": 0.4},
+                    {"fold": 1, "source": "kermany", "n": 20, "accuracy": 0.7, "f1_macro": 0.7}]}  # fmt: skip
+    external = {"ieee": {"n": 40, "accuracy": 0.65, "f1_macro": 0.6, "folder": "/x", "leaks_excluded": 2,
+                         "abstention": {"flagged_share": 0.25}}}  # fmt: skip
+    card = model_card(params, spec, {}, test, {"images": 12}, cv, external)
+    assert card.startswith("---\n")
+    header = yaml.safe_load(card.split("---\n")[1])
+    assert header["license"] and header["library_name"] == "pytorch" and header["pipeline_tag"].startswith("image")
+    results = header["model-index"][0]["results"]
+    assert results[0]["metrics"][1]["value"] == 0.7412 and results[1]["dataset"]["name"] == "ieee"
+    sections = [line[3:] for line in card.splitlines() if line.startswith("## ")]
+    nine = ["Model details", "Intended use", "Factors", "Metrics", "Training data", "Evaluation data",
+            "Quantitative analyses", "Ethical considerations", "Caveats and recommendations"]  # fmt: skip
+    found = [next(i for i, s in enumerate(sections) if s.startswith(name)) for name in nine]
+    assert found == sorted(found), sections
+    assert "| hannover | 10 | 0.500 | 0.400 |" in card and "leave-one-source-out, 2 folds" in card
+    assert "| ieee | 40 | 0.650 | 0.600 | 0.250 |" in card and "External set `ieee`: 40 films" in card
+    assert sections.index("Shortcut audit") < sections.index("Caveats and recommendations")
+    assert "shortcut audit above" in card and "below" not in card and "ab" * 32 in card
+
+
 def test_a_one_image_test_split_still_exports_a_free_batch_size(trained, tmp_path):
     _, model, spec, pixels, _ = trained
     assert export(model, spec, pixels[:1], tmp_path)["images"] == 1

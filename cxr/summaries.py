@@ -74,7 +74,7 @@ def test_summary(scores: dict) -> dict:
 
 def export_summary(detail: dict) -> dict:
     """export: how far each exported file's logits are from the checkpoint's."""
-    return {k: detail[k] for k in ("onnx_max_abs_diff", "torchscript_max_abs_diff")}
+    return {k: detail[k] for k in ("onnx_max_abs_diff", "pt2_max_abs_diff")}
 
 
 def external_summary(results: dict) -> dict:

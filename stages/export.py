@@ -1,4 +1,4 @@
-"""Stage `export`: the best checkpoint as ONNX and TorchScript files, each checked against the
+"""Stage `export`: the best checkpoint as ONNX and torch.export (.pt2) files, each checked against the
 checkpoint on the test images, and models/MODEL_CARD.md from the metrics the pipeline tracks."""
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def main() -> None:
     cv, external = (json.loads(p.read_text()) if p.is_file() else {} for p in (CV_METRICS, EXTERNAL_METRICS))
     write_text(MODEL_CARD, model_card(params, spec, data, scores, result, cv, external))
     print(
-        f"export: {EXPORT_DIR}/model.onnx and model.torchscript.pt match {scored} on {result['images']} test "
-        f"images (max abs logit difference: ONNX {result['onnx_max_abs_diff']:.1e}, TorchScript "
-        f"{result['torchscript_max_abs_diff']:.1e}); {MODEL_CARD} written"
+        f"export: {EXPORT_DIR}/model.onnx and model.pt2 match {scored} on {result['images']} test "
+        f"images (max abs logit difference: ONNX {result['onnx_max_abs_diff']:.1e}, .pt2 "
+        f"{result['pt2_max_abs_diff']:.1e}); {MODEL_CARD} written"
     )
 
 

@@ -27,7 +27,7 @@ CARD = Path("models/MODEL_CARD.md")
 
 
 def build_service(args: argparse.Namespace) -> Service:
-    if args.model.suffix.lower() in (".onnx", ".ts") or args.model.name.endswith(".torchscript.pt"):
+    if args.model.suffix.lower() in (".onnx", ".pt2", ".ts") or args.model.name.endswith(".torchscript.pt"):
         raise CheckpointError(
             f"{args.model}: serve loads the PyTorch checkpoint (models/model.pt, or models/cv), not an exported "
             "file: the Grad-CAM overlay and the feature density behind ood_score need the network itself"

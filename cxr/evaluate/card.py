@@ -94,7 +94,7 @@ def _screening_rows(test: dict) -> list[str]:
 
 
 def _model_section(params: Params, spec: ModelSpec, test: dict, exported: dict) -> list[str]:
-    worst = max(exported.get("onnx_max_abs_diff", 0), exported.get("torchscript_max_abs_diff", 0))
+    worst = max(exported.get("onnx_max_abs_diff", 0), exported.get("pt2_max_abs_diff", 0))
     return [
         "## Model details",
         f"- Version: the checkpoint with sha256 `{test.get('model_sha256', 'n/a')}` (registry artifact "
@@ -106,7 +106,7 @@ def _model_section(params: Params, spec: ModelSpec, test: dict, exported: dict) 
         f"- Input: {spec.image_size} x {spec.image_size} grayscale ({spec.preprocessing}); best epoch "
         f"{test.get('checkpoint_epoch')} of {params.train.epochs}.",
         "- Files: `models/model.pt` (PyTorch checkpoint, `python -m stages.predict`), "
-        "`models/export/model.onnx` and `models/export/model.torchscript.pt`: input `pixels` float32 "
+        "`models/export/model.onnx` and `models/export/model.pt2` (torch.export): input `pixels` float32 "
         f"(N, 1, {spec.image_size}, {spec.image_size}) in 0..255, output `logits` (N, {len(spec.classes)}); "
         f"both match the checkpoint on {exported.get('images')} test images to {worst:.1e} (max abs logit difference).",
     ] + ([

@@ -1,5 +1,7 @@
-"""The trained model for use outside PyTorch: TorchScript and ONNX files that take the decoded
-pixels and return logits, each checked against the checkpoint on real images before it is kept.
+"""The trained model for use outside this pipeline: a torch.export program (`model.pt2`, loaded with
+`torch.export.load(path).module()`; TorchScript, deprecated in torch 2.14, is no longer written) and an
+ONNX file, both taking the decoded pixels and returning logits, each checked against the checkpoint on
+real images before it is kept.
 
 Input: float32 (N, 1, S, S) grayscale pixel values 0..255, the image resized as the spec's
 `preprocessing` says (the decoded store's pixels); the exported graph scales, repeats the channel
@@ -9,10 +11,7 @@ and standardises as training did, so users need no ImageNet constants. Output: l
 
 from __future__ import annotations
 
-import contextlib
 import json
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,31 +44,24 @@ class Exported(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-@contextlib.contextmanager
-def _quiet_jit() -> Iterator[None]:
-    """TorchScript is deprecated upstream in favour of torch.export but still what many C++ and mobile
-    runtimes load: its deprecation warnings are silenced here, not its errors."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
-        yield
-
-
-def export_torchscript(wrapped: Exported, example: torch.Tensor, path: Path) -> None:
-    """TorchScript by tracing."""
-    with torch.no_grad(), atomic_path(path) as tmp, _quiet_jit():
-        torch.jit.save(torch.jit.trace(wrapped, example, check_trace=False), str(tmp))
-
-
-def export_onnx(wrapped: Exported, example: torch.Tensor, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """ONNX through torch.export (the dynamo exporter), batch size left free, weights inside the file;
-    `metadata` becomes the model's metadata_props (what a runtime needs to use it: `onnx_metadata`)."""
+def export_program(wrapped: Exported, example: torch.Tensor, path: Path) -> torch.export.ExportedProgram:
+    """torch.export's program of the wrapped network (batch size left free), saved to `path` (.pt2); the
+    ONNX exporter starts from the same program."""
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad(), atomic_path(path) as tmp:
-        program = torch.onnx.export(
-            wrapped, (example,), input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},),
-            dynamo=True, external_data=False, verbose=False,
-        )  # fmt: skip
-        program.save(str(tmp), external_data=False)
+        program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(tmp))
+    return program
+
+
+def export_onnx(program: torch.export.ExportedProgram, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """ONNX from torch.export's program (the dynamo exporter), batch size left free, weights inside the file;
+    `metadata` becomes the model's metadata_props (what a runtime needs to use it: `onnx_metadata`)."""
+    with torch.no_grad(), atomic_path(path) as tmp:
+        onnx_program = torch.onnx.export(
+            program, input_names=[INPUT], output_names=[OUTPUT], dynamo=True, external_data=False, verbose=False
+        )
+        onnx_program.save(str(tmp), external_data=False)
         if metadata:
             import onnx  # only the export stage needs it
 
@@ -78,20 +70,19 @@ def export_onnx(wrapped: Exported, example: torch.Tensor, path: Path, metadata: 
             onnx.save(proto, str(tmp))
 
 
-def parity(wrapped: Exported, pixels: torch.Tensor, torchscript: Path, onnx: Path, batch: int = 64) -> dict[str, float]:
-    """Max abs logit difference of each exported file from the checkpoint over `pixels`."""
+def parity(wrapped: Exported, pixels: torch.Tensor, pt2: Path, onnx: Path, batch: int = 64) -> dict[str, float]:
+    """Max abs logit difference of each exported file, loaded back from disk, from the checkpoint over `pixels`."""
     import onnxruntime  # the reference ONNX runtime; only the export stage needs it
 
     session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-    with _quiet_jit():
-        scripted = torch.jit.load(str(torchscript), map_location="cpu")
-    worst = {"torchscript_max_abs_diff": 0.0, "onnx_max_abs_diff": 0.0}
+    loaded = torch.export.load(str(pt2)).module()
+    worst = {"pt2_max_abs_diff": 0.0, "onnx_max_abs_diff": 0.0}
     with torch.no_grad():
         for start in range(0, len(pixels), batch):
             x = pixels[start : start + batch].float()
             ref = wrapped(x).numpy()
             got = {
-                "torchscript_max_abs_diff": scripted(x).numpy(),
+                "pt2_max_abs_diff": loaded(x).numpy(),
                 "onnx_max_abs_diff": session.run([OUTPUT], {INPUT: x.numpy()})[0],
             }
             for key, logits in got.items():
@@ -123,7 +114,7 @@ def onnx_metadata(spec: ModelSpec, model_sha256: str, decisions: dict | None) ->
 
 
 def export(model: nn.Module, spec: ModelSpec, pixels: torch.Tensor, out_dir: Path, metadata=None) -> dict:
-    """Write `out_dir/model.torchscript.pt` and `out_dir/model.onnx` (with `metadata`, see onnx_metadata),
+    """Write `out_dir/model.pt2` and `out_dir/model.onnx` (with `metadata`, see onnx_metadata),
     check both against the checkpoint on `pixels` (uint8 (N, 1, S, S)) and return the differences;
     refuse above MAX_ABS_DIFF."""
     if len(pixels) == 0:
@@ -131,10 +122,10 @@ def export(model: nn.Module, spec: ModelSpec, pixels: torch.Tensor, out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapped = Exported(model, spec).eval()
     example = pixels[[0, -1]].float()  # two rows, so the exporter keeps the batch size free
-    paths = {"torchscript": out_dir / "model.torchscript.pt", "onnx": out_dir / "model.onnx"}
-    export_torchscript(wrapped, example, paths["torchscript"])
-    export_onnx(wrapped, example, paths["onnx"], metadata)
-    diffs = parity(wrapped, pixels, paths["torchscript"], paths["onnx"])
+    paths = {"pt2": out_dir / "model.pt2", "onnx": out_dir / "model.onnx"}
+    program = export_program(wrapped, example, paths["pt2"])
+    export_onnx(program, paths["onnx"], metadata)
+    diffs = parity(wrapped, pixels, paths["pt2"], paths["onnx"])
     bad = {k: v for k, v in diffs.items() if not v <= MAX_ABS_DIFF}
     if bad:
         for path in paths.values():

@@ -1,4 +1,4 @@
-"""Stage export (issue 13): ONNX and TorchScript files that give the checkpoint's logits on the test
+"""Stage export (issue 13): ONNX and torch.export (.pt2) files that give the checkpoint's logits on the test
 images (onnxruntime, max abs difference < 1e-4), refused when they do not, and the model card."""
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ def trained(tmp_path_factory):
     return params, model, spec, test[list(range(len(test)))], work
 
 
-def test_onnx_and_torchscript_give_the_checkpoints_logits(trained, tmp_path):
+def test_onnx_and_pt2_give_the_checkpoints_logits(trained, tmp_path):
     params, model, spec, pixels, _ = trained
     result = export(model, spec, pixels, tmp_path)
     assert result["images"] == len(pixels) == 12
-    assert result["onnx_max_abs_diff"] < 1e-4 and result["torchscript_max_abs_diff"] < 1e-4
+    assert result["onnx_max_abs_diff"] < 1e-4 and result["pt2_max_abs_diff"] < 1e-4
     # independently of the stage: onnxruntime on the file vs the pipeline's own inference path
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_logits = session.run(["logits"], {"pixels": pixels.float().numpy()})[0]
@@ -51,7 +51,7 @@ def test_an_export_that_disagrees_is_refused_and_removed(trained, tmp_path, monk
     monkeypatch.setattr(exporting, "MAX_ABS_DIFF", -1.0)
     with pytest.raises(ExportError, match="differ from the checkpoint"):
         export(model, spec, pixels, tmp_path)
-    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.torchscript.pt").exists()
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.pt2").exists()
 
 
 def test_the_model_card_states_data_results_audit_and_limits(trained):
@@ -131,7 +131,7 @@ def test_the_onnx_file_says_what_it_needs_and_is_readable_as_the_umask_allows(tr
     assert json.loads(props["thresholds"]) == {"infected": 0.37} and props["checkpoint_sha256"] == "ab" * 32
     assert props["image_size"] == str(spec.image_size) and props["channels"] == "1"
     assert json.loads(props["mean"]) == list(spec.mean) and props["preprocessing"] == spec.preprocessing
-    for name in ("model.onnx", "model.torchscript.pt"):
+    for name in ("model.onnx", "model.pt2"):
         mode = stat.S_IMODE(os.stat(tmp_path / name).st_mode)
         assert mode == 0o666 & ~UMASK, oct(mode)
         assert UMASK & 0o044 or mode & 0o044  # readable by group and others wherever the umask allows

@@ -361,7 +361,7 @@ def test_queued_experiments_run_two_at_a_time(repo):
         assert found[name]["params"]["params.yaml"]["data"]["train"]["lr"] == lr
         assert 0.0 <= found[name]["metrics"]["metrics/summary/test.json"]["data"]["accuracy"] <= 1.0
     _, logs = dvc(repo, "queue", "logs", "queued-a")  # readable: no progress-bar redraws, one line per epoch
-    assert "\r" not in logs and "epochs:" not in logs and "epoch 1/2: lr" in logs, logs
+    assert "\r" not in logs and "epochs:" not in logs and "epoch 1/2: lr" in logs and " img/s" in logs, logs
 
 
 def test_push_delete_pull_leaves_nothing_to_reproduce(repo, tmp_path):

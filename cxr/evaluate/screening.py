@@ -135,9 +135,10 @@ def bootstrap(
 
 def reliability(truth: np.ndarray, scores: np.ndarray, bins: int) -> tuple[float, list[dict]]:
     """Expected calibration error over `bins` equal-width probability bins, and the bins
-    (mean predicted probability, observed positive fraction, count) for a reliability diagram."""
+    (mean predicted probability, observed positive fraction, count) for a reliability diagram. A score on
+    an edge goes to the bin below it, exactly as scikit-learn's calibration_curve (the plot's) assigns it."""
     truth, scores = np.asarray(truth).astype(float), np.asarray(scores, dtype=float)
-    which = np.minimum((scores * bins).astype(int), bins - 1)
+    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], scores)  # sklearn's own assignment
     ece, table = 0.0, []
     for b in range(bins):
         inside = which == b

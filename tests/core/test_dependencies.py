@@ -145,7 +145,7 @@ def train_layer_vocabulary() -> tuple[set[str], set[str]]:
     classes, members = _class_members(sorted((REPO / "cxr" / "train").glob("*.py")))
     _, shared = _class_members(below)
     torch_types = (torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Generator, torch.cuda.Event,
-                   torch.cuda.Stream)  # fmt: skip
+                   torch.cuda.Stream, torch.export.ExportedProgram)  # fmt: skip
     torch_names = set().union(*(dir(t) for t in torch_types))
     return classes, {m for m in members - shared - torch_names if not m.startswith("__")}
 

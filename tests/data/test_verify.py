@@ -168,7 +168,7 @@ def test_near_duplicates_across_splits_are_a_leak(demo_root):
 
     source = sorted((demo_root / "train" / "infected").glob("*.png"))[0]
     with Image.open(source) as img:  # the same radiograph, resized and a little brighter: not identical
-        near = ImageEnhance.Brightness(img.resize((40, 40))).enhance(1.05)
+        near = ImageEnhance.Brightness(img.resize((72, 72))).enhance(1.05)
         near.save(demo_root / "test" / "infected" / "near_copy.png")
     with pytest.raises(
         DatasetError, match=rf"(?s)1 near-duplicate pairs.*train/infected/{source.name} ~ test/infected/near_copy.png"

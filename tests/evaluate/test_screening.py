@@ -302,3 +302,18 @@ def test_evaluate_reports_every_class_of_three_class_tasks(tmp_path, task, loss)
     for kind in ("roc", "precision_recall", "calibration"):
         assert len(list((tmp_path / f"eval/plots/sklearn/{kind}").glob("*.json"))) == 3, kind
     assert (tmp_path / "eval/plots/images/gradcam.png").is_file()
+
+
+def test_ece_bins_are_the_calibration_plots_bins():
+    """Issue 23, item 10: the ECE in test.json and the reliability diagram (scikit-learn's calibration_curve,
+    through dvclive) must bin the same films: scores on bin edges (0.3, 0.5, 1.0) included."""
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.random(400), [0.0, 0.1, 0.3, 0.3, 0.5, 0.5, 0.7, 1.0, 1.0]])
+    truth = rng.random(len(scores)) < scores
+    for bins in (5, 10, 15):
+        observed, predicted = calibration_curve(truth, scores, n_bins=bins)
+        table = reliability(truth, scores, bins)[1]
+        assert [b["observed"] for b in table] == pytest.approx(list(observed))
+        assert [b["predicted"] for b in table] == pytest.approx(list(predicted))

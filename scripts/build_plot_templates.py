@@ -37,9 +37,11 @@ def epoch(log_y: bool = False) -> dict:
     return t
 
 
-def curve(diagonal: bool) -> dict:
+def curve(diagonal: bool, baseline: bool = False) -> dict:
     """A per-class curve (ROC, precision-recall, calibration) on [0, 1] x [0, 1], the class written
-    in the corner, and for ROC and calibration the dashed diagonal they are read against."""
+    in the corner (with the AUC or AP evaluate wrote into it), and the dashed reference it is read against:
+    the diagonal for ROC and calibration, for precision-recall a level line at the rows' `baseline` (the
+    class's prevalence: the precision of guessing)."""
     t = copy.deepcopy(SimpleLinearTemplate.DEFAULT_CONTENT)
     line = {"params": t.pop("params"), "mark": t.pop("mark"), "encoding": t.pop("encoding")}
     for axis in ("x", "y"):
@@ -57,6 +59,12 @@ def curve(diagonal: bool) -> dict:
             "encoding": {"x": {"field": "ref", "type": "quantitative"}, "y": {"field": "ref", "type": "quantitative"}},
         }
         layers.insert(0, reference)
+    if baseline:
+        level = {
+            "mark": {"type": "rule", "strokeDash": [4, 4], "color": "gray", "opacity": 0.7},
+            "encoding": {"y": {"aggregate": "min", "field": "baseline", "type": "quantitative"}},
+        }
+        layers.insert(0, level)
     t["layer"] = layers
     return t
 
@@ -100,6 +108,7 @@ def main() -> None:
         "epoch_log": epoch(log_y=True),
         "curve": curve(diagonal=False),
         "curve_diagonal": curve(diagonal=True),
+        "curve_baseline": curve(diagonal=False, baseline=True),
         "confusion_counts": counts_always(ConfusionTemplate.DEFAULT_CONTENT, "xy_count", None),
         "confusion_normalized_counts": counts_always(
             NormalizedConfusionTemplate.DEFAULT_CONTENT, "percent_of_y", ".2f"

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from dvclive import Live
 
 from cxr.atomic import write_text
@@ -22,12 +23,22 @@ class PlotLog:
 
     def curve(self, kind: str, truth, scores, name: str, label: str, **options) -> None:
         """dvclive's `kind` curve (roc, precision_recall, calibration) at plots/sklearn/`name`, every
-        row carrying `class` = `label` (one chart per file)."""
+        row carrying `class` = `label` (one chart per file, the label written on it), with the ROC AUC
+        or the average precision beside the label, and for precision-recall the `baseline` (prevalence)."""
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
         self.live.log_sklearn_plot(kind, truth, scores, name=name, **options)
         path = Path(self.live.plots_dir) / "sklearn" / name
         rows = json.loads(path.read_text())
+        extra: dict = {}
+        if kind == "roc":
+            label = f"{label} (AUC {roc_auc_score(truth, scores):.3f})"
+        elif kind == "precision_recall":
+            label = f"{label} (AP {average_precision_score(truth, scores):.3f})"
+            extra["baseline"] = round(float(np.mean(truth)), 6)  # the precision of guessing: the prevalence
         for row in rows[kind]:
             row["class"] = label
+            row.update(extra)
         write_text(path, json.dumps(rows, indent=4))
 
     def confusion(self, truth: list[str], predicted: list[str], name: str = "confusion_matrix.json") -> None:

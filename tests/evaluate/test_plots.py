@@ -58,3 +58,37 @@ def test_the_normalised_confusion_matrix_shows_sensitivity_per_true_class(tmp_pa
     assert cells[("normal", "normal")] == 15 / 20  # specificity of infected = sensitivity of normal
     for true in ("infected", "normal"):
         assert sum(v for (r, _), v in cells.items() if r == true) == 1.0  # each row sums to 1
+
+
+def test_roc_and_precision_recall_say_their_auc_and_draw_the_prevalence(tmp_path):
+    """Issue 23, item 10: the ROC legend had no AUC, precision-recall no baseline. The label written on each
+    chart carries the AUC (AP), and precision-recall draws a dashed level at the class's prevalence."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from cxr.evaluate.log import plot_log
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random(80) < 0.25).astype(int)
+    scores = np.clip(truth * 0.4 + rng.random(80) * 0.6, 0, 1)
+    live = tmp_path / "metrics/eval"
+    with plot_log(live) as log:
+        log.curve("roc", truth, scores, "roc/infected.json", "infected")
+        log.curve("precision_recall", truth, scores, "precision_recall/infected.json", "infected")
+    roc = json.loads((live / "plots/sklearn/roc/infected.json").read_text())["roc"]
+    pr = json.loads((live / "plots/sklearn/precision_recall/infected.json").read_text())["precision_recall"]
+    assert {r["class"] for r in roc} == {f"infected (AUC {roc_auc_score(truth, scores):.3f})"}
+    assert {r["class"] for r in pr} == {f"infected (AP {average_precision_score(truth, scores):.3f})"}
+    assert {r["baseline"] for r in pr} == {round(truth.mean(), 6)}
+
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    shutil.copytree(REPO / ".dvc/plots", tmp_path / ".dvc/plots")
+    out = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=tmp_path, check=True,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    (spec,) = json.loads(out)["data"]["metrics/eval/plots/sklearn/precision_recall/infected.json"]
+    content = spec["content"]
+    rules = [layer for layer in content["layer"] if (layer.get("mark") or {}).get("type") == "rule"]
+    assert rules and rules[0]["encoding"]["y"]["field"] == "baseline"
+    assert {d["baseline"] for d in content["data"]["values"]} == {round(truth.mean(), 6)}

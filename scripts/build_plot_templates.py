@@ -23,6 +23,12 @@ from dvc_render.vega_templates import ConfusionTemplate, NormalizedConfusionTemp
 
 OUT = Path(__file__).resolve().parents[1] / ".dvc" / "plots"
 X, Y = "<DVC_METRIC_X>", "<DVC_METRIC_Y>"
+STYLE = (  # image plots (Grad-CAM galleries): revisions wrap instead of running off the page in `dvc plots diff`
+    "<style>table { border-spacing: 15px; }\n"
+    "/* image plots: revisions wrap instead of running off the page (dvc_render sets nowrap inline) */\n"
+    'div[style*="nowrap"] { white-space: normal !important; }\n'
+    'div[style*="nowrap"] img { max-width: calc(100vw - 60px); height: auto; }</style>'
+)
 LIBRARIES = ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js")
 
 
@@ -92,7 +98,7 @@ def html(vendor: Path) -> str:
     return (
         '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n{refresh_tag}\n<title>DVC Plot</title>\n'
         + "\n".join(scripts)
-        + "\n<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n"
+        + "\n" + STYLE + "\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n"
     )
 
 

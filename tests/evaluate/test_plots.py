@@ -92,3 +92,12 @@ def test_roc_and_precision_recall_say_their_auc_and_draw_the_prevalence(tmp_path
     rules = [layer for layer in content["layer"] if (layer.get("mark") or {}).get("type") == "rule"]
     assert rules and rules[0]["encoding"]["y"]["field"] == "baseline"
     assert {d["baseline"] for d in content["data"]["values"]} == {round(truth.mean(), 6)}
+
+
+def test_the_offline_page_wraps_image_plots_of_several_revisions():
+    """Issue 23, item 10: dvc_render lays the revisions of an image plot side by side with `nowrap`, so two
+    1280-px Grad-CAM galleries in `dvc plots diff` ran off the page; the page's style lets them wrap."""
+    from scripts.build_plot_templates import STYLE
+
+    page = (REPO / ".dvc/plots/offline.html").read_text(encoding="utf8")
+    assert STYLE in page and 'div[style*="nowrap"] { white-space: normal !important; }' in STYLE

@@ -10,9 +10,10 @@ HASH_SIDE = 16  # 16 x 16 difference hash = 256 bits; 8 x 8 calls distinct X-ray
 
 def difference_hash(img: Image.Image) -> np.ndarray:
     """256-bit dHash: is each pixel of a 17 x 16 grayscale thumbnail brighter than its left neighbour. The
-    thumbnail is LANCZOS-resampled (imagehash's choice): on 200 demo films it catches 146 half-size, 32
-    JPEG-q30 and 132 darkened (x0.7) copies within 8 bits where BILINEAR caught 106, 5 and 43, and neither
-    pairs any two of the 620 distinct films."""
+    thumbnail is LANCZOS-resampled (imagehash's choice): on 200 demo films (128 px) it catches more altered
+    copies within 8 bits than BILINEAR did in every kind measured (half or 1.5 times the size, JPEG q90/70/30,
+    darker or brighter; e.g. JPEG q70 145 against 76, darkened x0.7 132 against 43), and neither pairs any two
+    of the 620 distinct films."""
     small = np.asarray(img.convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.LANCZOS), dtype=np.int16)
     return np.packbits(small[:, 1:] > small[:, :-1]).view(np.uint64)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data.images import ImageTooLarge, open_image, pixel_digest
-from cxr.data.near_duplicates import difference_hash
+from cxr.data.near_duplicates import difference_hash, thumbnail
 from cxr.data.shortcuts import appearance
 
 
@@ -24,6 +24,7 @@ class FileRecord:
     size: tuple[int, int] = (0, 0)
     digest: str = ""  # of the decoded pixels
     dhash: np.ndarray | None = None  # perceptual hash
+    thumb: np.ndarray | None = None  # 32 x 32 thumbnail a near-duplicate candidate is confirmed on
     looks: dict = field(default_factory=dict)  # cxr.data.shortcuts.appearance: what should not carry the label
 
 
@@ -39,7 +40,9 @@ def read_file(split: str, path: Path, max_pixels: int) -> FileRecord:
         with open_image(path, max_pixels) as img:
             img.load()
             looks = appearance(img)
-            return FileRecord(split, path, "", img.mode, img.size, pixel_digest(img), difference_hash(img), looks)
+            return FileRecord(
+                split, path, "", img.mode, img.size, pixel_digest(img), difference_hash(img), thumbnail(img), looks
+            )
     except ImageTooLarge as exc:
         return FileRecord(split, path, exc.why)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file

@@ -55,7 +55,7 @@ def image_groups(files: list[Path], patients: list[str | None], grouping: Groupi
     within `grouping.near_bits`) or one patient share a group, which splits and folds never separate."""
     groups = _Groups(len(files))
     digests: list[str | None] = []
-    decoded, hashes = [], []
+    decoded, hashes, thumbs = [], [], []
     for i, path in enumerate(files):
         record = read_file("", path, grouping.max_pixels)
         if record.problem:
@@ -69,10 +69,11 @@ def image_groups(files: list[Path], patients: list[str | None], grouping: Groupi
         digests.append(record.digest)
         decoded.append(i)
         hashes.append(record.dhash)
+        thumbs.append(record.thumb)
     groups.join_by(digests)
     groups.join_by(patients)
     if hashes:
-        for i, j in near_pairs(np.stack(hashes), grouping.near_bits):
+        for i, j in near_pairs(np.stack(hashes), grouping.near_bits, thumbs):
             groups.union(decoded[i], decoded[j])
     return [groups.find(i) for i in range(len(files))]
 

@@ -92,7 +92,7 @@ def find_copies(root: Path, records: list[FileRecord], near_bits: int, report: V
             (report.duplicates_across if crosses else report.duplicates_within).append(names)
     firsts = [group[0] for group in by_digest.values()]  # exact copies are reported as such, not as near ones
     if firsts:
-        for i, j in near_pairs(np.stack([r.dhash for r in firsts]), near_bits):
+        for i, j in near_pairs(np.stack([r.dhash for r in firsts]), near_bits, [r.thumb for r in firsts]):
             names = [str(firsts[k].path.relative_to(root)) for k in (i, j)]
             (report.near_across if firsts[i].split != firsts[j].split else report.near_within).append(names)
 

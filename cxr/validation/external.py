@@ -14,7 +14,7 @@ import numpy as np
 
 from cxr.atomic import write_json
 from cxr.data.fingerprints import read_file
-from cxr.data.near_duplicates import within_bits
+from cxr.data.near_duplicates import near_any
 from cxr.data.splits import SPLITS, DatasetError, scan_split
 from cxr.evaluate.doubt import Abstention, Scorer, selective_scores
 from cxr.evaluate.log import PlotLog, plot_log
@@ -53,6 +53,7 @@ class TrainingImages:
 
     digests: frozenset[str]
     hashes: np.ndarray
+    thumbs: list  # each film's thumbnail, a near-duplicate candidate is confirmed on
     near_bits: int
     max_pixels: int
 
@@ -66,18 +67,19 @@ class TrainingImages:
                     if not record.problem:
                         records.append(record)
         hashes = np.stack([r.dhash for r in records]) if records else np.zeros((0, 4), np.uint64)
-        return cls(frozenset(r.digest for r in records), hashes, near_bits, max_pixels)
+        return cls(frozenset(r.digest for r in records), hashes, [r.thumb for r in records], near_bits, max_pixels)
 
     def repeated(self, files: list[Path]) -> list[bool]:
-        """Whether each file repeats a training image exactly (pixels) or nearly (perceptual hash
-        within near_bits; 0 = exact copies only). Unreadable files are left to decoding to report."""
+        """Whether each file repeats a training image exactly (pixels) or nearly (perceptual hash within
+        near_bits, confirmed on thumbnails; 0 = exact copies only). Unreadable files are left to decoding."""
         out = []
         for path in files:
             record = read_file("external", path, self.max_pixels)
             if record.problem:
                 out.append(False)
                 continue
-            out.append(record.digest in self.digests or within_bits(self.hashes, record.dhash, self.near_bits))
+            near = near_any(self.hashes, record.dhash, self.near_bits, self.thumbs, record.thumb)
+            out.append(record.digest in self.digests or near)
         return out
 
 

@@ -54,9 +54,13 @@ def accuracy_key(scores: dict) -> str:
 
 
 def headline(scores: dict) -> dict:
-    """Accuracy (subset accuracy for multi-label) and macro F1 of one scored set."""
+    """Accuracy (subset accuracy for multi-label) and macro F1 of one scored set, and for multi-label the
+    mean of the per-finding ROC AUCs (the figure papers on NIH ChestX-ray14 report)."""
     key = accuracy_key(scores)
-    return {key: _rounded(scores[key]), "f1_macro": _rounded(scores["f1_macro"])}
+    out = {key: _rounded(scores[key]), "f1_macro": _rounded(scores["f1_macro"])}
+    if scores.get("mean_auroc") is not None:
+        out["mean_auroc"] = _rounded(scores["mean_auroc"])
+    return out
 
 
 def headline_text(scores: dict, digits: int = 4) -> str:

@@ -76,9 +76,11 @@ def multilabel_scores(
         }
         for i, cls in enumerate(classes)
     }
+    aucs = [r["roc_auc"] for r in per_class.values() if r["roc_auc"] is not None and np.isfinite(r["roc_auc"])]
     return {
         "n": int(len(targets)),
         "threshold": threshold if np.isscalar(threshold) else list(threshold),
+        "mean_auroc": float(np.mean(aucs)) if aucs else None,  # what CheXNet and its successors report
         "subset_accuracy": float(accuracy_score(targets, preds)),
         "f1_macro": float(f1.mean()),
         "f1_micro": float(f1_score(targets, preds, average="micro", zero_division=0)),

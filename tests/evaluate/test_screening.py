@@ -299,6 +299,12 @@ def test_evaluate_reports_every_class_of_three_class_tasks(tmp_path, task, loss)
     if task == "multilabel":
         assert any(";" in row.split(",")[1] for row in rows[1:])  # co-infections keep both labels
         assert len(list((tmp_path / "eval/plots/sklearn/confusion").glob("*.json"))) == 3
+        # issue 25: the mean per-finding AUROC, as papers report it, in test.json and the summary
+        aucs = [r["roc_auc"] for r in scores["per_class"].values()]
+        assert scores["mean_auroc"] == pytest.approx(np.mean(aucs))
+        from cxr.summaries import test_summary
+
+        assert test_summary(scores)["mean_auroc"] == round(scores["mean_auroc"], 4)
     for kind in ("roc", "precision_recall", "calibration"):
         assert len(list((tmp_path / f"eval/plots/sklearn/{kind}").glob("*.json"))) == 3, kind
     assert (tmp_path / "eval/plots/images/gradcam.png").is_file()

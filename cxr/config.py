@@ -111,6 +111,8 @@ class DataConfig(_Section):
     url: str
     sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")]
     folder: str
+    layout: Literal["auto", "nih-cxr14"]
+    frontal_only: bool
     max_extracted_bytes: Annotated[int, Field(ge=1)]
     max_members: Annotated[int, Field(ge=1)]
     split: SplitConfig

@@ -14,7 +14,7 @@ from cxr.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
 LABELS_CSV = "labels.csv"  # optional, per split: path,labels (labels separated by ";")
-METADATA = ("patient_id", "source", "orig_width", "orig_height")  # optional labels.csv columns kept
+METADATA = ("patient_id", "source", "orig_width", "orig_height", "view")  # optional labels.csv columns kept
 
 
 class DatasetError(PipelineError, ValueError):
@@ -51,7 +51,7 @@ def confined(root: Path, relative: str, where: str) -> Path:
 
 def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
     """Rows of `split_dir/labels.csv`: `path` (relative to the split folder) and `labels`
-    (class names separated by `;`)."""
+    (class names separated by `;`; empty: no finding, which only data.task multilabel accepts)."""
     csv_path = split_dir / LABELS_CSV
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -61,8 +61,6 @@ def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
         for line, row in enumerate(reader, start=2):
             labels = tuple(sorted({x.strip() for x in (row["labels"] or "").split(";") if x.strip()}))
             path = confined(split_dir, (row["path"] or "").strip(), f"{csv_path}:{line}")
-            if not labels:
-                raise DatasetError(f"{csv_path}:{line}: no labels for {row['path']!r}")
             if not path.is_file():
                 raise DatasetError(f"{csv_path}:{line}: {path} does not exist")
             unique_row(seen, path.resolve(), (line, labels), f"{csv_path}:{line}")
@@ -181,6 +179,12 @@ def scan_split(
         for row, (_, labels) in enumerate(pairs):
             multi_hot[row, [classes.index(c) for c in labels]] = 1.0
         return Split(name, tuple(classes), files, multi_hot)
+    unlabelled = [str(path) for path, labels in pairs if not labels]
+    if unlabelled:
+        raise DatasetError(
+            f"{split_dir}: {len(unlabelled)} images have no label in labels.csv (e.g. {unlabelled[0]}); only "
+            "data.task: multilabel reads an empty labels cell (no finding); give each image its class"
+        )
     several = [str(path) for path, labels in pairs if len(labels) > 1]
     if several:
         raise DatasetError(

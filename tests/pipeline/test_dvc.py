@@ -589,3 +589,20 @@ def test_a_recipe_runs_through_dvc_exp_run(tmp_path):
     assert params["train"]["image_size"] == 32 and params["data"]["source"] == "demo"  # the -S values win
     assert "recipe" not in params and "hydra" not in params
     assert json.loads((repo / "metrics/summary/train.json").read_text())["best_epoch"] == 1
+
+
+def test_a_fake_nih_layout_runs_through_dvc_exp_run_to_14_findings_and_their_mean_auroc(tmp_path):
+    """Issue 25's must-show: a fake NIH ChestX-ray14 copy (its exact metadata formats) through `dvc exp run`;
+    metrics/summary/test.json holds an AUROC for each of the 14 findings and their mean."""
+    from tests.data.test_public_layouts import FINDINGS, make_fake_nih
+
+    folder = make_fake_nih(tmp_path / "nih")
+    repo = make_repo(tmp_path / "repo", tiny_params_dict(epochs=1, loss="bce"))
+    sets = ["data.source=folder", f"data.folder={folder}", "data.layout=nih-cxr14", "data.task=multilabel",
+            "evaluate.bootstrap=50"]  # fmt: skip
+    _, out = dvc(repo, "exp", "run", *(a for s in sets for a in ("-S", s)))
+    assert "NIH ChestX-ray14 layout" in out and "Running stage 'evaluate'" in out
+    summary = json.loads((repo / "metrics/summary/test.json").read_text())
+    aucs = [summary[f]["auc"] for f in FINDINGS]
+    assert len(aucs) == 14 and all(0.0 <= a <= 1.0 for a in aucs), summary
+    assert summary["mean_auroc"] == pytest.approx(sum(aucs) / 14, abs=1e-3)

@@ -64,9 +64,13 @@ def headline(scores: dict) -> dict:
 
 
 def headline_text(scores: dict, digits: int = 4) -> str:
-    """The headline as a log or card line: `accuracy 0.9950, macro F1 0.9950`."""
+    """The headline as a log or card line: `accuracy 0.9950, macro F1 0.9950` (multi-label: and the mean
+    per-finding ROC AUC)."""
     key = accuracy_key(scores)
-    return f"{key.replace('_', ' ')} {scores[key]:.{digits}f}, macro F1 {scores['f1_macro']:.{digits}f}"
+    text = f"{key.replace('_', ' ')} {scores[key]:.{digits}f}, macro F1 {scores['f1_macro']:.{digits}f}"
+    if scores.get("mean_auroc") is not None:
+        text += f", mean ROC AUC over the {len(scores.get('per_class', {}))} findings {scores['mean_auroc']:.{digits}f}"
+    return text
 
 
 def test_summary(scores: dict) -> dict:

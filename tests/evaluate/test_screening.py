@@ -302,9 +302,10 @@ def test_evaluate_reports_every_class_of_three_class_tasks(tmp_path, task, loss)
         # issue 25: the mean per-finding AUROC, as papers report it, in test.json and the summary
         aucs = [r["roc_auc"] for r in scores["per_class"].values()]
         assert scores["mean_auroc"] == pytest.approx(np.mean(aucs))
-        from cxr.summaries import test_summary
+        from cxr.summaries import headline_text, test_summary
 
         assert test_summary(scores)["mean_auroc"] == round(scores["mean_auroc"], 4)
+        assert f"mean ROC AUC over the 3 findings {scores['mean_auroc']:.3f}" in headline_text(scores, 3)  # the card
     for kind in ("roc", "precision_recall", "calibration"):
         assert len(list((tmp_path / f"eval/plots/sklearn/{kind}").glob("*.json"))) == 3, kind
     assert (tmp_path / "eval/plots/images/gradcam.png").is_file()

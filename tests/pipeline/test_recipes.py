@@ -11,19 +11,10 @@ import yaml
 from dvc.utils.hydra import compose_and_dump
 
 from cxr.config import load_params
+from scripts.results import flatten as _flat
 from tests.conftest import REPO
 
 RECIPES = sorted(p.stem for p in (REPO / "conf/recipe").glob("*.yaml"))
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _recipe_keys(name: str) -> dict:

@@ -145,6 +145,11 @@ class DataConfig(_Section):
             raise ValueError("source 'gdrive' needs data.gdrive_id (a Google Drive file id) or data.preset")
         if self.source == "folder" and not self.folder:
             raise ValueError("source 'folder' needs data.folder: a folder holding {train,val,test}/{class}/images")
+        if self.layout != "auto" and (self.source != "folder" or self.task != "multilabel"):
+            raise ValueError(
+                f"layout {self.layout!r} reads the collection from a folder as a multi-label task (a film has any "
+                "of its findings, or none): set data.source: folder, data.folder and data.task: multilabel"
+            )
         return self
 
 

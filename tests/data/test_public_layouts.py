@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.config import parse_params
+from cxr.config import ConfigError, parse_params
 from cxr.data import sources
 from cxr.data.phantoms import render_phantom
 from cxr.data.splits import DatasetError, scan_split
@@ -96,3 +96,14 @@ def test_an_empty_label_is_refused_outside_multilabel(tmp_path, demo_root):
     (split / "labels.csv").write_text(f"path,labels\nnormal/{first},\n")
     with pytest.raises(DatasetError, match=r"1 images have no label in labels.csv .* only data.task: multilabel"):
         scan_split(demo_root, "train")
+
+
+@pytest.mark.parametrize("change", [{"task": "binary"}, {"source": "demo"}])
+def test_a_layout_needs_a_folder_and_a_multilabel_task(tmp_path, change):
+    raw = tiny_params_dict(loss="bce")
+    raw["data"].update(source="folder", folder=str(tmp_path), layout="nih-cxr14", task="multilabel")
+    raw["data"].update(change)
+    if change.get("task") == "binary":
+        raw["train"]["loss"] = "ce"
+    with pytest.raises(ConfigError, match=r"layout 'nih-cxr14' reads the collection from a folder .*data.source"):
+        parse_params(raw)

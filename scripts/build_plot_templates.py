@@ -23,11 +23,13 @@ from dvc_render.vega_templates import ConfusionTemplate, NormalizedConfusionTemp
 
 OUT = Path(__file__).resolve().parents[1] / ".dvc" / "plots"
 X, Y = "<DVC_METRIC_X>", "<DVC_METRIC_Y>"
-STYLE = (  # image plots (Grad-CAM galleries): revisions wrap instead of running off the page in `dvc plots diff`
+STYLE = (  # image plots wrap in `dvc plots diff`; empty plots (no data for this task) take no room
     "<style>table { border-spacing: 15px; }\n"
     "/* image plots: revisions wrap instead of running off the page (dvc_render sets nowrap inline) */\n"
     'div[style*="nowrap"] { white-space: normal !important; }\n'
-    'div[style*="nowrap"] img { max-width: calc(100vw - 60px); height: auto; }</style>'
+    'div[style*="nowrap"] img { max-width: calc(100vw - 60px); height: auto; }\n'
+    "/* a plot with no data for this task (an empty spec) draws a 0 x 0 canvas: hide it and its actions menu */\n"
+    '.vega-embed:has(canvas[width="0"]) { display: none; }</style>'
 )
 LIBRARIES = ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js")
 

@@ -101,3 +101,5 @@ def test_the_offline_page_wraps_image_plots_of_several_revisions():
 
     page = (REPO / ".dvc/plots/offline.html").read_text(encoding="utf8")
     assert STYLE in page and 'div[style*="nowrap"] { white-space: normal !important; }' in STYLE
+    # and a plot with no data for the task (DVC's empty spec, a 0 x 0 canvas) leaves no empty "..." menu behind
+    assert '.vega-embed:has(canvas[width="0"]) { display: none; }' in STYLE

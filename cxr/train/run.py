@@ -153,28 +153,29 @@ def describe(run: Run) -> str:
 
 
 def log_epoch(log: RunLog, run: Run, epoch: int, lr: float, fit: EpochResult, val: EpochResult, took: float) -> None:
-    """One epoch's curves and its line in the log, with its wall time and training images per second (in the
-    line only: the curves stay what the run computed, the same on any machine)."""
+    """One epoch's curves and its line in the log, with its training time and images per second (in the line
+    only: the curves stay what the run computed, the same on any machine)."""
     log.epoch({f"{split}/{key}": getattr(result, key) for split, result in (("train", fit), ("val", val))
                for key in ("loss", "accuracy", "f1")} | {"lr": lr})  # fmt: skip
     rate = len(run.data["train"][1]) / took if took > 0 else float("nan")
     run.say(
         f"epoch {epoch + 1}/{run.params.train.epochs}: lr {lr:.3g} | train loss {fit.loss:.4f} "
         f"acc {fit.accuracy:.3f} | val loss {val.loss:.4f} acc {val.accuracy:.3f} f1 {val.f1:.3f} "
-        f"| {took:.1f} s, {rate:.0f} img/s",
+        f"| training {took:.1f} s, {rate:.0f} img/s",
     )
 
 
 def one_epoch(run: Run, epoch: int) -> tuple[float, EpochResult, EpochResult, float]:
-    """Train one epoch, score validation, step the schedule: (lr used, train result, val result, seconds)."""
+    """Train one epoch, score validation, step the schedule: (lr used, train result, val result, training seconds)."""
     cfg = run.params.train
     lr = run.optimizer.param_groups[0]["lr"]
     train_x, train_y = run.data["train"]
     start = time.perf_counter()
     fit = train_epoch(run.fit, train_x, train_y, cfg.batch_size, run.generator, epoch=epoch + 1)
+    took = time.perf_counter() - start
     val = evaluate_epoch(run.fit, *run.data["val"], cfg.batch_size)
     run.scheduler.step()
-    return lr, fit, val, time.perf_counter() - start
+    return lr, fit, val, took
 
 
 def refuse_non_finite(val: EpochResult, epoch: int, lr: float) -> None:

@@ -26,7 +26,7 @@ def _threads_back():
 
 def test_a_run_records_its_threads_and_repeats_itself_on_them(tmp_path, demo_root, monkeypatch, capsys):
     first, best = _run(tmp_path, demo_root, monkeypatch, "a", epochs=1, threads=1)
-    assert re.search(r"epoch 1/1: lr .* \| \d+\.\d s, \d+ img/s", capsys.readouterr().out)  # issue 23, item 10
+    assert re.search(r"epoch 1/1: lr .* \| training \d+\.\d s, \d+ img/s", capsys.readouterr().out)  # issue 23, item 10
     assert torch.get_num_threads() == 1 and best["environment"]["threads"] == 1
     summary = json.loads((first / "metrics/train/metrics.json").read_text())
     assert summary["environment"]["threads"] == 1 and summary["environment"]["torch"] == torch.__version__

@@ -28,6 +28,7 @@ from cxr.data.near_duplicates import (
     correlation,
     detail,
     difference_hash,
+    pairs_within,
     same_picture,
     thumbnail,
 )
@@ -62,14 +63,9 @@ ALTERATIONS = {
 }
 
 
-def all_pairs(hashes: np.ndarray, max_bits: int, chunk: int = 256) -> list[tuple[int, int]]:
-    """The scan candidate_pairs replaced: every pair's distance, chunk rows at a time."""
-    pairs = []
-    for start in range(0, len(hashes), chunk):
-        distance = np.bitwise_count(hashes[start : start + chunk, None, :] ^ hashes[None, :, :]).sum(2)
-        pairs += [(int(start + i), int(j)) for i, j in zip(*np.nonzero(distance <= max_bits), strict=True)
-                  if start + i < j]  # fmt: skip
-    return pairs
+def all_pairs(hashes: np.ndarray, max_bits: int) -> list[tuple[int, int]]:
+    """The scan candidate_pairs replaced: every pair's distance (pairs_within over all films)."""
+    return pairs_within(hashes, np.arange(len(hashes)), max_bits)
 
 
 def recall(hashes: np.ndarray, thumbs: list, copies: int, bits: int) -> dict[str, tuple[int, int]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from cxr.data.archives import ArchiveError
 from cxr.data.grouping import Grouping, assign_splits
 from cxr.data.images import is_image
-from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, confined, row_metadata, unique_row
+from cxr.data.splits import LABELS_CSV, METADATA, SPLITS, confined, parse_labels, row_metadata, unique_row
 
 UNLABELED = "unlabeled"  # data/raw/unlabeled: a split folder of images without labels (a hand-in set)
 # Folder names accepted for each split, compared case-insensitively.
@@ -110,7 +110,7 @@ def split_csv_dataset(
         path = confined(base, (row["path"] or "").strip(), where)
         if not path.is_file():
             raise ArchiveError(f"{where}: {row['path']!r} does not exist")
-        unique_row(seen, path.resolve(), (line, tuple(sorted((row[label_col] or "").split(";")))), where)
+        unique_row(seen, path.resolve(), (line, parse_labels(row[label_col])), where)
         files.append(path)
         extra.append([row_metadata(row, where)[k] for k in METADATA[1:]])  # kept for verify's shortcut audit
     labels = [row[label_col].strip() for row in rows]

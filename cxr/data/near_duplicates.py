@@ -85,12 +85,12 @@ def candidate_pairs(hashes: np.ndarray, max_bits: int) -> list[tuple[int, int]]:
             buckets[key].append(i)
         for members in buckets.values():
             if len(members) > 1:
-                seen.update(_close_within(hashes, np.asarray(members), max_bits))
+                seen.update(pairs_within(hashes, np.asarray(members), max_bits))
     return sorted(seen)
 
 
-def _close_within(hashes: np.ndarray, idx: np.ndarray, max_bits: int, chunk: int = 256) -> list[tuple[int, int]]:
-    """Pairs of `idx` (i < j) within max_bits bits, compared `chunk` rows at a time (memory stays
+def pairs_within(hashes: np.ndarray, idx: np.ndarray, max_bits: int, chunk: int = 256) -> list[tuple[int, int]]:
+    """Pairs of `idx` (i < j) within max_bits bits, every pair compared, `chunk` rows at a time (memory stays
     chunk x len(idx) bytes per hash word, even for a bucket every film falls in)."""
     found = []
     group = hashes[idx]

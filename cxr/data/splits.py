@@ -59,7 +59,7 @@ def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
             raise DatasetError(f"{csv_path}: needs the columns path,labels; found {reader.fieldnames}")
         rows, seen = [], {}
         for line, row in enumerate(reader, start=2):
-            labels = tuple(sorted({x.strip() for x in (row["labels"] or "").split(";") if x.strip()}))
+            labels = parse_labels(row["labels"])
             path = confined(split_dir, (row["path"] or "").strip(), f"{csv_path}:{line}")
             if not path.is_file():
                 raise DatasetError(f"{csv_path}:{line}: {path} does not exist")
@@ -67,6 +67,11 @@ def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
             row_metadata(row, f"{csv_path}:{line}")
             rows.append((path, labels))
     return rows
+
+
+def parse_labels(text: str | None) -> tuple[str, ...]:
+    """A labels cell (class names separated by `;`) as sorted, distinct, stripped names; empty: no finding."""
+    return tuple(sorted({x.strip() for x in (text or "").split(";") if x.strip()}))
 
 
 def unique_row(seen: dict, key: Path, entry: tuple[int, tuple[str, ...]], where: str) -> None:

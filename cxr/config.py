@@ -43,6 +43,14 @@ BORDERS = ("keep", "crop")
 INTENSITIES = ("none", "window", "equalize", "clahe")
 ASPECTS = ("squash", "pad", "crop")
 
+LAYOUT_TASKS = {"nih-cxr14": ("multilabel",), "chexpert": ("multilabel",), "rsna-pneumonia": ("binary", "multiclass"),
+                "covidx": ("binary", "multiclass")}  # fmt: skip
+LAYOUT_LABELS = {
+    "nih-cxr14": "any of 14 findings, or none",
+    "chexpert": "any of 14 observations, some uncertain",
+    "rsna-pneumonia": "pneumonia/normal, or three detailed classes",
+    "covidx": "covid against non-covid, or covid/pneumonia/normal",
+}
 TASK_CLASSES = {
     "binary": ("infected", "normal"),
     "multiclass": ("covid", "pneumonia", "normal"),
@@ -111,7 +119,8 @@ class DataConfig(_Section):
     url: str
     sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")]
     folder: str
-    layout: Literal["auto", "nih-cxr14"]
+    layout: Literal["auto", "nih-cxr14", "chexpert", "rsna-pneumonia", "covidx"]
+    uncertain: Literal["u-ones", "u-zeros", "ignore"]
     frontal_only: bool
     max_extracted_bytes: Annotated[int, Field(ge=1)]
     max_members: Annotated[int, Field(ge=1)]
@@ -145,10 +154,13 @@ class DataConfig(_Section):
             raise ValueError("source 'gdrive' needs data.gdrive_id (a Google Drive file id) or data.preset")
         if self.source == "folder" and not self.folder:
             raise ValueError("source 'folder' needs data.folder: a folder holding {train,val,test}/{class}/images")
-        if self.layout != "auto" and (self.source != "folder" or self.task != "multilabel"):
+        if self.layout != "auto" and self.source != "folder":
+            raise ValueError(f"layout {self.layout!r} reads the collection from a folder: set data.source: folder")
+        tasks = LAYOUT_TASKS.get(self.layout)
+        if tasks and self.task not in tasks:
             raise ValueError(
-                f"layout {self.layout!r} reads the collection from a folder as a multi-label task (a film has any "
-                "of its findings, or none): set data.source: folder, data.folder and data.task: multilabel"
+                f"layout {self.layout!r} is read as data.task {' or '.join(tasks)} (its labels: "
+                f"{LAYOUT_LABELS[self.layout]}); got task {self.task!r}"
             )
         return self
 

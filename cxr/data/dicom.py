@@ -73,14 +73,19 @@ def film_values(ds) -> np.ndarray:
     return 1.0 - out if photometric == "MONOCHROME1" else out
 
 
-def dicom_size(path: Path) -> tuple[int, int]:
-    """(width, height x frames) from a DICOM file's header, its pixel data not read."""
+def dicom_header(path: Path):
+    """A DICOM file's header (pydicom Dataset), its pixel data not read; DicomError naming the file if unreadable."""
     import pydicom
 
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - pydicom raises several types for a bad file
         raise DicomError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+def dicom_size(path: Path) -> tuple[int, int]:
+    """(width, height x frames) from a DICOM file's header, its pixel data not read."""
+    header = dicom_header(path)
     if "Rows" not in header or "Columns" not in header:
         raise DicomError(f"{path}: a DICOM file without image rows and columns (not an image)")
     return int(header.Columns), int(header.Rows) * int(getattr(header, "NumberOfFrames", 1) or 1)

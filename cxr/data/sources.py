@@ -15,7 +15,7 @@ from cxr.data.grouping import Grouping
 from cxr.data.images import is_image
 from cxr.data.layout import arrange_splits
 from cxr.data.presets import PRESETS
-from cxr.data.public_layouts import nih_cxr14
+from cxr.data.public_layouts import read_public_layout
 from cxr.data.splits import DatasetError
 from cxr.paths import DOWNLOAD_DIR, user_path
 
@@ -90,8 +90,8 @@ def _from_folder(data: DataConfig, seed: int, out_dir: Path, grouping: Grouping)
             f"data.folder={data.folder}: {len(links)} symbolic links refused ({named}); copy the files they point "
             "to into the folder instead"
         )
-    if data.layout == "nih-cxr14":
-        return f"a copy of {folder}, {nih_cxr14(folder, out_dir, data.split.val, seed, data.frontal_only)}"
+    if data.layout != "auto":
+        return f"a copy of {folder}, {read_public_layout(data, folder, out_dir, seed)}"
     layout = arrange_splits(folder, out_dir, data.split.val, data.split.test, seed, grouping)
     return f"a copy of {folder}, {layout}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,14 @@ def _read_labels_csv(split_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
             row_metadata(row, f"{csv_path}:{line}")
             rows.append((path, labels))
     return rows
+
+
+UNCERTAIN = "?"  # a label ending in it is an uncertain finding (CheXpert's -1 under data.uncertain: ignore)
+
+
+def finding(label: str) -> str:
+    """The finding a label names: `Edema?` (uncertain) and `Edema` both name Edema."""
+    return label.removesuffix(UNCERTAIN)
 
 
 def parse_labels(text: str | None) -> tuple[str, ...]:
@@ -159,7 +168,7 @@ def split_classes(split_dir: Path) -> tuple[str, ...]:
     if not split_dir.is_dir():
         raise DatasetError(f"{split_dir}: split folder not found; expected data/raw/{{train,val,test}}/{{class}}/")
     if (split_dir / LABELS_CSV).is_file():
-        return tuple(sorted({label for _, labels in _read_labels_csv(split_dir) for label in labels}))
+        return tuple(sorted({finding(label) for _, labels in _read_labels_csv(split_dir) for label in labels}))
     return tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
@@ -180,10 +189,13 @@ def scan_split(
     pairs = [(p, lb) for p, lb in labelled_files(split_dir, merge_by_name=multilabel) if p not in exclude]
     files = tuple(path for path, _ in pairs)
     if multilabel:
-        multi_hot = np.zeros((len(pairs), len(classes)), dtype=np.float32)
-        for row, (_, labels) in enumerate(pairs):
-            multi_hot[row, [classes.index(c) for c in labels]] = 1.0
-        return Split(name, tuple(classes), files, multi_hot)
+        return Split(name, tuple(classes), files, multi_hot(pairs, classes))
+    uncertain = [str(path) for path, labels in pairs if any(lb.endswith(UNCERTAIN) for lb in labels)]
+    if uncertain:
+        raise DatasetError(
+            f"{split_dir}: {len(uncertain)} images have uncertain labels ending in '{UNCERTAIN}' (e.g. "
+            f"{uncertain[0]}); only data.task: multilabel reads them (out of the loss and of that finding's scores)"
+        )
     unlabelled = [str(path) for path, labels in pairs if not labels]
     if unlabelled:
         raise DatasetError(
@@ -197,6 +209,15 @@ def scan_split(
             "use data.task: multilabel, or give each image one label"
         )
     return Split(name, tuple(classes), files, np.asarray([classes.index(lb[0]) for _, lb in pairs], dtype=np.int64))
+
+
+def multi_hot(pairs: list[tuple[Path, tuple[str, ...]]], classes: Sequence[str]) -> np.ndarray:
+    """(N, C) float rows: 1 for a finding, 0 for none, NaN for an uncertain one (`Edema?`) not also stated certain."""
+    rows = np.zeros((len(pairs), len(classes)), dtype=np.float32)
+    for row, (_, labels) in enumerate(pairs):
+        rows[row, [classes.index(finding(c)) for c in labels if c.endswith(UNCERTAIN)]] = np.nan
+        rows[row, [classes.index(c) for c in labels if not c.endswith(UNCERTAIN)]] = 1.0
+    return rows
 
 
 def class_counts(pairs: list[tuple[Path, tuple[str, ...]]], classes: tuple[str, ...]) -> dict[str, int]:

@@ -94,6 +94,11 @@ def write_store(
         (tmp / INDEX).write_text(json.dumps(index) + "\n")
 
 
+def _json_labels(labels: np.ndarray) -> list:
+    """Labels for index.json: an uncertain finding (NaN) as null, which reads back as NaN."""
+    return [[None if v != v else v for v in row] for row in labels.tolist()] if labels.ndim == 2 else labels.tolist()
+
+
 def build_store(
     raw_dir: Path,
     out_dir: Path,
@@ -124,7 +129,7 @@ def build_store(
                 yield from pool.map(_decode_job, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
 
         splits = {
-            name: ([f.relative_to(raw_dir).as_posix() for f in s.files], s.labels.tolist(), rows(s.files))
+            name: ([f.relative_to(raw_dir).as_posix() for f in s.files], _json_labels(s.labels), rows(s.files))
             for name, s in found.items()
         }
         sources = {}

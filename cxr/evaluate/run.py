@@ -40,9 +40,10 @@ from cxr.progress import steps
 
 
 def _class_view(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, i: int, multilabel: bool):
-    """(truth, scores, decisions) of class i against the rest."""
+    """(truth, scores, decisions) of class i against the rest; films where finding i is uncertain are left out."""
     if multilabel:
-        return labels[:, i] > 0, probs[:, i], preds[:, i] > 0
+        known = ~np.isnan(labels[:, i])
+        return labels[known, i] > 0, probs[known, i], preds[known, i] > 0
     return labels == i, probs[:, i], preds == i
 
 

@@ -55,22 +55,39 @@ def _auc(truth: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else None
 
 
+def _known_only(targets: np.ndarray, preds: np.ndarray, known: np.ndarray) -> tuple:
+    """multilabel_scores' figures with each finding counted on its known rows only: per class precision,
+    recall, F1, support and 2x2 matrix; the subset accuracy (a row exact on its known findings); micro F1."""
+    matrices = np.stack([confusion_matrix(targets[k, i], preds[k, i], labels=[0, 1]) for i, k in enumerate(known.T)])
+    tn, fp, fn, tp = (matrices.reshape(-1, 4).T).astype(float)
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=2 * tp + fp + fn > 0)
+    subset = float(((targets == preds) | ~known).all(1).mean())
+    micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
+    return precision, recall, f1, (tp + fn).astype(int), matrices, subset, micro
+
+
 def multilabel_scores(
     targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], threshold: float | Sequence[float] = 0.5
 ) -> dict:
     """Subset accuracy, macro/micro F1, and per class precision/recall/F1/ROC AUC and a 2x2
     confusion matrix ([[tn, fp], [fn, tp]]). `targets` and `probs` are (N, C); `threshold`
-    is one for all classes or one per class."""
-    targets = targets.astype(int)
+    is one for all classes or one per class; NaN targets (uncertain findings) are left out of their class."""
     preds = (probs >= np.asarray(threshold)).astype(int)
+    known = ~np.isnan(targets)  # an uncertain finding (data.uncertain: ignore) is scored nowhere
+    targets = np.where(known, targets, 0).astype(int)
     precision, recall, f1, support = precision_recall_fscore_support(targets, preds, zero_division=0)
     matrices = multilabel_confusion_matrix(targets, preds)
+    subset, micro = accuracy_score(targets, preds), f1_score(targets, preds, average="micro", zero_division=0)
+    if not known.all():
+        precision, recall, f1, support, matrices, subset, micro = _known_only(targets, preds, known)
     per_class = {
         cls: {
             "precision": float(precision[i]),
             "recall": float(recall[i]),
             "f1": float(f1[i]),
-            "roc_auc": _auc(targets[:, i], probs[:, i]),
+            "roc_auc": _auc(targets[known[:, i], i], probs[known[:, i], i]),
             "support": int(support[i]),
             "confusion_matrix_tn_fp_fn_tp": matrices[i].ravel().tolist(),
         }
@@ -81,9 +98,9 @@ def multilabel_scores(
         "n": int(len(targets)),
         "threshold": threshold if np.isscalar(threshold) else list(threshold),
         "mean_auroc": float(np.mean(aucs)) if aucs else None,  # what CheXNet and its successors report
-        "subset_accuracy": float(accuracy_score(targets, preds)),
+        "subset_accuracy": float(subset),
         "f1_macro": float(f1.mean()),
-        "f1_micro": float(f1_score(targets, preds, average="micro", zero_division=0)),
+        "f1_micro": float(micro),
         "precision_macro": float(precision.mean()),
         "recall_macro": float(recall.mean()),
         "per_class": per_class,

@@ -98,10 +98,12 @@ def weighted_ranking(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray)
     """ROC AUC and average precision for each row of `weights` (resamples x images, how often each
     image was drawn), as scikit-learn computes them with `sample_weight`; NaN without both classes."""
     truth = np.asarray(truth).astype(bool)
-    levels, level_of = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
-    at_level = np.zeros((len(truth), len(levels)))
-    at_level[np.arange(len(truth)), level_of] = 1.0
-    pos, neg = (weights * truth) @ at_level, (weights * ~truth) @ at_level  # weight per score level, ascending
+    _, level_of = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
+    order = np.argsort(level_of, kind="stable")  # images by score level; each level's images side by side
+    starts = np.flatnonzero(np.diff(level_of[order], prepend=-1))
+    sorted_weights = weights[:, order]  # resamples x images: linear memory (an images x levels one-hot was not)
+    pos = np.add.reduceat(sorted_weights * truth[order], starts, axis=1)  # weight per score level, ascending
+    neg = np.add.reduceat(sorted_weights * ~truth[order], starts, axis=1)
     n_pos, n_neg = pos.sum(1), neg.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         below = np.cumsum(neg, 1) - neg  # negatives scored lower than each level
@@ -113,6 +115,9 @@ def weighted_ranking(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray)
     return {"roc_auc": np.where(defined, auc, np.nan), "pr_auc": np.where(defined, ap, np.nan)}
 
 
+RESAMPLE_BLOCK = 100
+
+
 def bootstrap(
     truth: np.ndarray, scores: np.ndarray, pred: np.ndarray, resamples: int, seed: int, level: float = 0.95
 ) -> dict[str, list[float]]:
@@ -121,10 +126,14 @@ def bootstrap(
     a resample (no positives) skips it."""
     truth, pred = np.asarray(truth).astype(bool), np.asarray(pred).astype(bool)
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(truth), np.full(len(truth), 1 / len(truth)), size=resamples).astype(np.float64)
-    tp, fp, fn = weights @ (pred & truth), weights @ (pred & ~truth), weights @ (~pred & truth)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        draws = {"f1": 2 * tp / (2 * tp + fp + fn), **weighted_ranking(truth, scores, weights)}
+    counts = rng.multinomial(len(truth), np.full(len(truth), 1 / len(truth)), size=resamples)
+    parts = []
+    for block in range(0, resamples, RESAMPLE_BLOCK):  # a block at a time: memory ~ block x images, not more
+        weights = counts[block : block + RESAMPLE_BLOCK].astype(np.float64)
+        tp, fp, fn = weights @ (pred & truth), weights @ (pred & ~truth), weights @ (~pred & truth)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            parts.append({"f1": 2 * tp / (2 * tp + fp + fn), **weighted_ranking(truth, scores, weights)})
+    draws = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
     tail = (1 - level) / 2 * 100
     out = {}
     for key, values in draws.items():
@@ -188,11 +197,11 @@ def operating_points(
     fitted on validation alone; a multi-class argmax has no threshold (None per class)."""
     if not (multilabel or len(classes) == 2):
         return decide(test_probs, classes, multilabel), dict.fromkeys(classes)
-    truth = val_labels > 0 if multilabel else None
     thresholds = {}
     for i in screened_classes(classes, multilabel):
-        is_class = truth[:, i] if multilabel else val_labels == i
-        thresholds[classes[i]] = rule.fit(is_class, val_probs[:, i])
+        known = ~np.isnan(val_labels[:, i]) if multilabel else np.ones(len(val_labels), bool)  # uncertain: left out
+        is_class = val_labels[known, i] > 0 if multilabel else val_labels == i
+        thresholds[classes[i]] = rule.fit(is_class, val_probs[known, i])
     return decide(test_probs, classes, multilabel, thresholds), thresholds
 
 

@@ -32,12 +32,14 @@ def make_loss(
     focal_gamma: float = 2.0,
     label_smoothing: float = 0.0,
     class_weights: torch.Tensor | None = None,
+    uncertain: bool = False,
 ) -> LossFn:
     """Loss from its params name; targets are class indices (N,) or multi-hot rows (N, C).
 
     `label_smoothing` softens targets (ce: torch's label smoothing; bce/focal: 0/1 targets moved
     towards 0.5 by half of it). `class_weights` (C,) weights each class: ce weights the images by
-    their class, bce/focal weight each class's column.
+    their class, bce/focal weight each class's column. `uncertain`: multi-hot rows hold NaN for uncertain
+    findings (data.uncertain: ignore), which are left out: the loss is the mean over the known entries.
     """
     if name == "ce":
         return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
@@ -46,13 +48,17 @@ def make_loss(
     alpha = -1.0 if focal_alpha is None else focal_alpha  # torchvision: alpha < 0 disables weighting
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        y = _as_multi_hot(targets, num_classes) * (1 - label_smoothing) + label_smoothing / 2
+        y = _as_multi_hot(targets, num_classes)
+        known = ~torch.isnan(y) if uncertain else None
+        y = (torch.nan_to_num(y) if uncertain else y) * (1 - label_smoothing) + label_smoothing / 2
         if name == "bce":
             per = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
         else:
             per = sigmoid_focal_loss(logits, y, alpha=alpha, gamma=focal_gamma, reduction="none")
         if class_weights is not None:
             per = per * class_weights.to(per.device)
+        if known is not None:  # no wait for the device: the count stays a tensor
+            return (per * known).sum() / known.sum().clamp(min=1)
         return per.mean()
 
     return loss
@@ -60,7 +66,7 @@ def make_loss(
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """`train.class_weights: balanced`: images / (classes x images of the class), from the training labels
-    (class indices, or multi-hot rows where an image counts for each of its classes)."""
-    counts = labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=num_classes)
+    (class indices, or multi-hot rows where an image counts for each of its classes; uncertain ones do not)."""
+    counts = np.nansum(labels, 0) if labels.ndim == 2 else np.bincount(labels, minlength=num_classes)
     counts = np.maximum(counts.astype(np.float64), 1.0)
     return torch.tensor(counts.sum() / (num_classes * counts), dtype=torch.float32)

@@ -156,12 +156,19 @@ class FiniteGuard:
 
 
 def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray) -> EpochResult:
-    """Mean loss, accuracy (subset accuracy for multi-label rows) and macro F1."""
-    exact = (labels == preds) if labels.ndim == 1 else (labels == preds).all(1)
+    """Mean loss, accuracy (subset accuracy for multi-label rows) and macro F1; an uncertain finding (NaN)
+    counts in neither: a row is exact when its known findings are, and each finding's F1 is over its known rows."""
+    if labels.ndim == 2 and np.isnan(labels).any():
+        known = ~np.isnan(labels)
+        exact = ((labels == preds) | ~known).all(1)
+        f1 = np.mean([f1_score(labels[k, i], preds[k, i], zero_division=0) for i, k in enumerate(known.T) if k.any()])
+    else:
+        exact = (labels == preds) if labels.ndim == 1 else (labels == preds).all(1)
+        f1 = f1_score(labels, preds, average="macro", zero_division=0)
     return EpochResult(
         loss=loss_sum / max(len(labels), 1),
         accuracy=float(exact.mean()) if len(labels) else 0.0,
-        f1=float(f1_score(labels, preds, average="macro", zero_division=0)),
+        f1=float(f1),
     )
 
 

@@ -606,3 +606,30 @@ def test_a_fake_nih_layout_runs_through_dvc_exp_run_to_14_findings_and_their_mea
     aucs = [summary[f]["auc"] for f in FINDINGS]
     assert len(aucs) == 14 and all(0.0 <= a <= 1.0 for a in aucs), summary
     assert summary["mean_auroc"] == pytest.approx(sum(aucs) / 14, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("layout", "task", "extra"),
+    [("chexpert", "multilabel", ["data.uncertain=ignore"]), ("rsna-pneumonia", "binary", []),
+     ("covidx", "multiclass", [])],
+)  # fmt: skip
+def test_each_public_layout_runs_through_dvc_exp_run(tmp_path, layout, task, extra):
+    """Issue 25: a fake copy of each collection (its exact metadata formats) through `dvc exp run` to test scores;
+    CheXpert's uncertain labels ignored (NaN in training and validation) on the way."""
+    from tests.data import test_public_layouts as fakes
+
+    make = {"chexpert": fakes.make_fake_chexpert, "rsna-pneumonia": fakes.make_fake_rsna,
+            "covidx": fakes.make_fake_covidx}[layout]  # fmt: skip
+    folder = make(tmp_path / layout)
+    repo = make_repo(tmp_path / "repo", tiny_params_dict(epochs=1, loss="bce" if task == "multilabel" else "ce"))
+    sets = ["data.source=folder", f"data.folder={folder}", f"data.layout={layout}", f"data.task={task}",
+            "evaluate.bootstrap=50", *extra]  # fmt: skip
+    _, out = dvc(repo, "exp", "run", *(a for s in sets for a in ("-S", s)))
+    assert "Running stage 'evaluate'" in out
+    summary = json.loads((repo / "metrics/summary/test.json").read_text())
+    if task == "multilabel":
+        aucs = [summary[f]["auc"] for f in fakes.CHEXPERT_FINDINGS if summary[f]["auc"] is not None]
+        assert len(aucs) == 14 and summary["mean_auroc"] == pytest.approx(sum(aucs) / 14, abs=1e-3)
+        assert "uncertain labels ignore" in out
+    else:
+        assert 0.0 <= summary["accuracy"] <= 1.0, summary

@@ -199,8 +199,8 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_last_good(tmp_path
     real = train_run.make_loss
     calls = {"n": 0}
 
-    def loss_that_explodes(*args):
-        inner = real(*args)
+    def loss_that_explodes(*args, **kwargs):
+        inner = real(*args, **kwargs)
 
         def loss(logits, targets):
             calls["n"] += 1

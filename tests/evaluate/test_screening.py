@@ -116,6 +116,17 @@ def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_images():
     assert widths[1] < widths[0] / 2
 
 
+def test_bootstrap_in_blocks_of_resamples_gives_the_one_pass_intervals(monkeypatch):
+    """The resamples go through the ranking 100 at a time (memory: a block x the images); the intervals are
+    those of one pass over all of them."""
+    import cxr.evaluate.screening as screening
+
+    truth, scores = _scores(400, 5)
+    blocks = bootstrap(truth, scores, scores >= 0.5, resamples=250, seed=3)
+    monkeypatch.setattr(screening, "RESAMPLE_BLOCK", 10_000)
+    assert bootstrap(truth, scores, scores >= 0.5, resamples=250, seed=3) == blocks
+
+
 def test_exact_intervals_of_proportions():
     """Clopper-Pearson: 100/100 is [0.025 ** (1/100), 1] = [0.9637, 1], not a bootstrap's [1, 1];
     0/20 mirrors it; 50/100 is the textbook [0.3983, 0.6017]."""

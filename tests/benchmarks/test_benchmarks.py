@@ -64,3 +64,22 @@ def test_train_speed_benchmark_compares_the_pipeline_with_plain_steps(capsys):
         assert all(rate > 0 for rate in rates.values())
         assert figures["train_ratio"] == round(figures["pipeline_eager"] / figures["plain_eager"], 3)
         assert figures["scoring_ratio"] == round(figures["pipeline_scoring_eager"] / figures["plain_scoring_eager"], 3)
+
+
+def test_scale_benchmark_scores_the_leak_check_from_verify_s_report(tmp_path):
+    """benchmarks.scale reads verify's report: a pair of a planted copy with its original is a hit, any other
+    pair across splits a false alarm; recall per alteration."""
+    from benchmarks import scale
+
+    planted = {scale._copy_name(kind, i): scale._film_name(i) for i, kind in enumerate(scale.ALTERATIONS)}
+    copies = list(planted)
+    report = tmp_path / "data_report.md"
+    report.write_text(
+        "# Dataset report\n\n## Identical images across splits (leaks): 0\n\n"
+        "## Near duplicates across splits (leaks): 3\n"
+        f"- {planted[copies[0]]} ~ {copies[0]}\n- {copies[1]} ~ {planted[copies[1]]}\n"
+        "- train/normal/000003.png ~ test/normal/000019.png\n\n## Patients in several splits (leaks): 0\n"
+    )
+    got = scale.leak_check(report, planted)
+    assert got["pairs_across"] == 3 and got["false_alarms"] == 1 and got["identical_across"] == 0
+    assert got["recall"] == {"half size": 1.0, "JPEG q70": 1.0, "darkened x0.7": 0.0}

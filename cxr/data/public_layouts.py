@@ -44,7 +44,6 @@ FRONTAL = frozenset({"PA", "AP"})
 CHEXPERT_FINDINGS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
                      "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
                      "Pleural Other", "Fracture", "Support Devices")  # fmt: skip
-UNCERTAIN_POLICIES = ("u-ones", "u-zeros", "ignore")
 RSNA_CLASSES = {"Lung Opacity": "lung_opacity", "No Lung Opacity / Not Normal": "not_normal", "Normal": "normal"}
 COVIDX_LABELS = {"covid-19": "covid", "covid": "covid", "pneumonia": "pneumonia", "normal": "normal",
                  "positive": "covid", "negative": "non-covid"}  # fmt: skip
@@ -197,8 +196,6 @@ def _chexpert_films(folder: Path, csv_name: str, policy: str, frontal_only: bool
 
 def chexpert(folder: Path, out_dir: Path, val: float, seed: int, policy: str, frontal_only: bool = False) -> str:
     """CheXpert at `folder` into `out_dir` (see the module's docstring); what was done."""
-    if policy not in UNCERTAIN_POLICIES:
-        raise _fail("chexpert", f"data.uncertain={policy!r} is not one of {', '.join(UNCERTAIN_POLICIES)}")
     train = _chexpert_films(folder, "train.csv", policy, frontal_only)
     if (folder / "test.csv").is_file():
         held, test = _chexpert_films(folder, "valid.csv", policy, frontal_only), _chexpert_films(

@@ -77,10 +77,11 @@ def multilabel_scores(
     preds = (probs >= np.asarray(threshold)).astype(int)
     known = ~np.isnan(targets)  # an uncertain finding (data.uncertain: ignore) is scored nowhere
     targets = np.where(known, targets, 0).astype(int)
-    precision, recall, f1, support = precision_recall_fscore_support(targets, preds, zero_division=0)
-    matrices = multilabel_confusion_matrix(targets, preds)
-    subset, micro = accuracy_score(targets, preds), f1_score(targets, preds, average="micro", zero_division=0)
-    if not known.all():
+    if known.all():
+        precision, recall, f1, support = precision_recall_fscore_support(targets, preds, zero_division=0)
+        matrices = multilabel_confusion_matrix(targets, preds)
+        subset, micro = accuracy_score(targets, preds), f1_score(targets, preds, average="micro", zero_division=0)
+    else:
         precision, recall, f1, support, matrices, subset, micro = _known_only(targets, preds, known)
     per_class = {
         cls: {

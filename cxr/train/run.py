@@ -96,7 +96,7 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
         model=net,
         optimizer=optimizer,
         loss_fn=make_loss(cfg.loss, len(classes), cfg.focal.alpha, cfg.focal.gamma, cfg.label_smoothing, weights,
-                          uncertain=any(bool(torch.isnan(y.float()).any()) for _, y in data.values())),
+                          uncertain=any(y.is_floating_point() and bool(y.isnan().any()) for _, y in data.values())),
         decide=lambda logits: spec.decide(spec.probabilities(logits)),
         runtime=runtime,
         prepare=runtime.features if cached else prepare,

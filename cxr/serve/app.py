@@ -5,7 +5,10 @@ their own machine needs no web framework, and FastAPI (+ Starlette, uvicorn, pyt
 Gradio (hundreds of MB) would be most of the dependency weight of the whole project for three
 routes. Multipart bodies are parsed by the standard library's email parser.
 
-Uploads are hostile input: the body is refused over `max_bytes` before it is read, the file's type
+Uploads are hostile input: the body is refused over `max_bytes` and never kept (one up to
+DRAIN_FACTOR times that is read in small chunks and dropped, so the client, which sends its whole
+body before it reads the answer, gets the 413 instead of a broken pipe; a larger one closes the
+connection), a stalled client is dropped after READ_TIMEOUT_S, the file's type
 is read from its first bytes (PNG, JPEG, DICOM), never from the client's name, the film is written
 under a fresh temporary folder with a fixed name and removed after, and decoding applies the
 pixel limit of the pipeline. Errors are JSON: {"error": why} with a 4xx status.
@@ -36,7 +39,9 @@ from cxr.evaluate.gradcam import gradcam, gradcam_layer, overlay
 from cxr.evaluate.predict import decide
 from cxr.model.ensemble import explained
 
-MAX_BYTES = 32 * 1024 * 1024  # an upload over this is refused before it is read
+MAX_BYTES = 32 * 1024 * 1024  # an upload over this is refused and never kept
+DRAIN_FACTOR = 4  # an over-size body up to this many times MAX_BYTES is read and dropped before the 413
+READ_TIMEOUT_S = 30  # a client that stops sending mid-body is dropped after this
 OVERLAY_SIDE = 320  # the Grad-CAM overlay is drawn this wide on the page
 SIGNATURES = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg"}
 
@@ -140,6 +145,7 @@ class Handler(BaseHTTPRequestHandler):
 
     service: Service  # set on the subclass `make_server` builds
     server_version = "cxr-serve"
+    timeout = READ_TIMEOUT_S
 
     def do_GET(self) -> None:  # noqa: N802 - the standard library's name
         if self.path in ("/", "/index.html"):
@@ -163,7 +169,7 @@ class Handler(BaseHTTPRequestHandler):
         if length < 0:
             return self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
         if length > self.service.max_bytes:
-            self.close_connection = True  # the body is not read
+            self._drop_body(length)
             limit = self.service.max_bytes // 2**20
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"upload of {length:,} bytes is over {limit} MB")
         body = self.rfile.read(length)
@@ -173,6 +179,17 @@ class Handler(BaseHTTPRequestHandler):
         except UploadError as exc:
             return self._error(exc.status, str(exc))
         self._send(HTTPStatus.OK, json.dumps(result).encode(), "application/json")
+
+    def _drop_body(self, length: int) -> None:
+        """Read and forget an over-size body in 64 KiB chunks, or close the connection if it is huge."""
+        if length > DRAIN_FACTOR * self.service.max_bytes:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 2**16))
+            if not chunk:
+                break
+            length -= len(chunk)
 
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._send(status, json.dumps({"error": message}).encode(), "application/json")

@@ -100,6 +100,23 @@ def test_the_api_answers_a_film_and_refuses_bad_uploads(server, tmp_path):
     assert call(port, "GET", "/nowhere")[0] == 404
 
 
+def test_an_over_size_upload_always_gets_its_413_and_a_huge_one_is_not_read(server):
+    port, _ = server
+    content_type, body = multipart("file", "big.png", b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20))
+    for _ in range(10):  # the client sends all of it before it reads: the server must not close mid-body
+        status, _, data = call(port, "POST", "/predict", body, {"Content-Type": content_type})
+        assert status == 413 and "over 1 MB" in json.loads(data)["error"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Type", content_type)
+    conn.putheader("Content-Length", str(10**12))  # a terabyte is announced and never sent
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    assert "1,000,000,000,000 bytes is over 1 MB" in json.loads(response.read())["error"]
+    conn.close()
+
+
 def test_the_page_and_the_card_are_served(server):
     port, _ = server
     status, kind, page = call(port, "GET", "/")

@@ -34,8 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
 from cxr.config import parse_params
+from cxr.data.decoding import build_store
 from cxr.data.demo import write_demo_dataset
-from cxr.data.store import SplitStore, build_store
+from cxr.data.store import SplitStore
 from cxr.model.decisions import decide, probabilities
 from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD, Runtime, predict_logits
 from cxr.model.losses import make_loss

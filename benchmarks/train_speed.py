@@ -2,7 +2,8 @@
 same model, precision, memory format and batch, measured in one run.
 
 - plain step: a batch already on the device and already normalised, forward + loss + backward +
-  fused SGD (momentum 0.9), never waiting for the device; eager, and with `--compile` compiled;
+  fused SGD (momentum 0.9), never waiting for the device; eager, and with `--compile` compiled (with
+  `--cuda-graphs` also compiled with mode "reduce-overhead": replayed as CUDA graphs);
 - pipeline: `cxr.train.loop.train_epoch` over one-channel uint8 images on the CPU, as the decoded
   store gives them (copy to the device, normalisation, step, non-finite checks, decisions), with
   the optimizer `cxr.train.optim` builds; eager, and with `--compile` its compiled whole step;
@@ -24,10 +25,12 @@ import torch
 from torch import nn
 
 from benchmarks.throughput import cpu_name, sync
-from cxr.model.inference import Runtime, predict_logits
+from cxr.model.inference import CUDA_GRAPHS, Runtime, compiled, predict_logits
 from cxr.model.networks import build_model
 from cxr.train.loop import Fit, train_epoch
 from cxr.train.optim import fused_where_possible
+
+MODE_TAGS = {False: "eager", True: "compiled", CUDA_GRAPHS: "graphed"}  # train.compile -> the figures' names
 
 
 def _model(arch: str, runtime: Runtime, image_size: int) -> nn.Module:
@@ -51,10 +54,10 @@ def _rate(run: Callable[[int], None], device: torch.device, batch: int, steps: i
     return steps * batch / (time.perf_counter() - start)
 
 
-def plain_step(arch: str, runtime: Runtime, args, batch: int, compiled: bool) -> float:
+def plain_step(arch: str, runtime: Runtime, args, batch: int, mode: bool | str) -> float:
     """The reference: what the same model trains at with nothing around it."""
     model = _model(arch, runtime, args.image_size)
-    net = torch.compile(model) if compiled else model
+    net = compiled(model, mode)
     optimizer = _sgd(model)
     x = runtime.images(torch.randint(0, 256, (batch, 1, args.image_size, args.image_size), dtype=torch.uint8))
     y = torch.randint(0, 2, (batch,), device=runtime.device)
@@ -71,7 +74,7 @@ def plain_step(arch: str, runtime: Runtime, args, batch: int, compiled: bool) ->
     return _rate(steps, runtime.device, batch, args.steps, args.warmup)
 
 
-def pipeline_step(arch: str, runtime: Runtime, args, batch: int, compiled: bool) -> float:
+def pipeline_step(arch: str, runtime: Runtime, args, batch: int, mode: bool | str) -> float:
     """`train_epoch` as the train stage runs it on uint8 store rows."""
     model = _model(arch, runtime, args.image_size)
     n = batch * max(args.steps, args.warmup)
@@ -88,7 +91,7 @@ def pipeline_step(arch: str, runtime: Runtime, args, batch: int, compiled: bool)
         prepare_eval=runtime.images,
         scaler=runtime.grad_scaler(),
         normalise=runtime.normalise,
-        compile=compiled,
+        compile=mode,
         check_every=args.check_every,
     )
     generator = torch.Generator().manual_seed(0)
@@ -100,9 +103,9 @@ def pipeline_step(arch: str, runtime: Runtime, args, batch: int, compiled: bool)
     return _rate(epoch, runtime.device, batch, args.steps, args.warmup)
 
 
-def plain_scoring(arch: str, runtime: Runtime, args, compiled: bool) -> float:
+def plain_scoring(arch: str, runtime: Runtime, args, mode: bool | str) -> float:
     model = _model(arch, runtime, args.image_size).eval()
-    net = torch.compile(model) if compiled else model
+    net = compiled(model, mode)
     batch = args.eval_batch_size
     x = runtime.images(torch.randint(0, 256, (batch, 1, args.image_size, args.image_size), dtype=torch.uint8))
 
@@ -115,28 +118,29 @@ def plain_scoring(arch: str, runtime: Runtime, args, compiled: bool) -> float:
     return _rate(steps, runtime.device, batch, args.steps, args.warmup)
 
 
-def pipeline_scoring(arch: str, runtime: Runtime, args, compiled: bool) -> float:
+def pipeline_scoring(arch: str, runtime: Runtime, args, mode: bool | str) -> float:
     model = _model(arch, runtime, args.image_size)
     batch = args.eval_batch_size
     images = torch.randint(0, 256, (batch * max(args.steps, args.warmup), 1, args.image_size, args.image_size),
                            dtype=torch.uint8)  # fmt: skip
 
     def score(count: int) -> None:
-        predict_logits(model, images[: count * batch], batch, runtime, compile=compiled)
+        predict_logits(model, images[: count * batch], batch, runtime, compile=mode)
 
     return _rate(score, runtime.device, batch, args.steps, args.warmup)
 
 
 def measure(arch: str, runtime: Runtime, args, batch: int) -> dict:
     """Every figure of one model at one training batch size; ratios are pipeline / best plain."""
-    modes = [False, True] if args.compile else [False]
+    modes = [False] + [True] * args.compile + [CUDA_GRAPHS] * args.cuda_graphs
     out = {}
-    for compiled in modes:
-        tag = "compiled" if compiled else "eager"
-        out[f"plain_{tag}"] = round(plain_step(arch, runtime, args, batch, compiled), 1)
-        out[f"pipeline_{tag}"] = round(pipeline_step(arch, runtime, args, batch, compiled), 1)
-        out[f"plain_scoring_{tag}"] = round(plain_scoring(arch, runtime, args, compiled), 1)
-        out[f"pipeline_scoring_{tag}"] = round(pipeline_scoring(arch, runtime, args, compiled), 1)
+    for mode in modes:
+        tag = MODE_TAGS[mode]
+        out[f"plain_{tag}"] = round(plain_step(arch, runtime, args, batch, mode), 1)
+        out[f"pipeline_{tag}"] = round(pipeline_step(arch, runtime, args, batch, mode), 1)
+        out[f"plain_scoring_{tag}"] = round(plain_scoring(arch, runtime, args, mode), 1)
+        out[f"pipeline_scoring_{tag}"] = round(pipeline_scoring(arch, runtime, args, mode), 1)
+
     def best(prefix: str, scoring: bool) -> float:
         return max(v for k, v in out.items() if k.startswith(prefix) and ("scoring" in k) == scoring)
 
@@ -155,6 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--check-every", type=int, default=25, help="train.finite_check_every")
     parser.add_argument("--compile", action="store_true", help="also time compiled plain and pipeline steps")
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="also time both compiled with mode reduce-overhead (train.compile: reduce-overhead)",
+    )
     parser.add_argument("--precision", default="auto", help="train.precision of every setting")
     args = parser.parse_args(argv)
 

@@ -176,6 +176,10 @@ class VerifyConfig(_Section):
     on_shortcut: Literal["warn", "fail"]
 
 
+class DecodeConfig(_Section):
+    device: Literal["cpu", "cuda"]
+
+
 class HeadConfig(_Section):
     hidden: list[Annotated[int, Field(ge=1, le=65536)]]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -248,7 +252,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"]
     threads: Annotated[int, Field(ge=0, le=1024)]
     deterministic: bool
-    compile: bool
+    compile: bool | Literal["reduce-overhead"]
     finite_check_every: PositiveInt
     low_memory: bool
     nproc: Annotated[int, Field(ge=1, le=1024)]
@@ -259,6 +263,13 @@ class TrainConfig(_Section):
     def _two_or_more(cls, value: int) -> int:
         if value < 2:  # a one-image batch is left out of training (batch norm cannot use it): nothing would train
             raise ValueError("must be 2 or more: batch norm needs two images a batch (a last batch of one is left out)")
+        return value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, value):
+        if value is not True and value is not False and value != "reduce-overhead":
+            raise ValueError("use true, false or 'reduce-overhead' (compiled and replayed as CUDA graphs)")
         return value
 
     @field_validator("freeze")
@@ -304,6 +315,7 @@ class Params(_Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataConfig
     verify: VerifyConfig
+    decode: DecodeConfig
     train: TrainConfig
     evaluate: EvaluateConfig
 

@@ -12,11 +12,9 @@ dataset, and the operating system's page cache keeps hot rows in RAM.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +23,7 @@ import torch
 from cxr.atomic import atomic_dir
 from cxr.data.images import DEFAULT_MAX_PIXELS, open_gray
 from cxr.data.radiograph import DEFAULT, InputRecipe
-from cxr.data.splits import SPLITS, DatasetError, file_metadata, scan_split
-from cxr.lifetime import worker_dies_with_parent
+from cxr.data.splits import DatasetError
 from cxr.progress import progress
 
 STORE_FORMAT = 2
@@ -45,7 +42,8 @@ def decode_image(
     return np.ascontiguousarray(recipe.row(open_gray(Path(path), max_pixels), image_size)[None])
 
 
-def _decode_job(job: tuple[str, int, int, InputRecipe]) -> bytes:
+def decode_row(job: tuple[str, int, int, InputRecipe]) -> bytes:
+    """decode_image's row as bytes, from one picklable (path, size, max pixels, recipe) job for worker processes."""
     return decode_image(*job).tobytes()
 
 
@@ -92,52 +90,6 @@ def write_store(
             if sources and any(sources.get(name, ())):
                 index["splits"][name]["sources"] = list(sources[name])
         (tmp / INDEX).write_text(json.dumps(index) + "\n")
-
-
-def _json_labels(labels: np.ndarray) -> list:
-    """Labels for index.json: an uncertain finding (NaN) as null, which reads back as NaN."""
-    return [[None if v != v else v for v in row] for row in labels.tolist()] if labels.ndim == 2 else labels.tolist()
-
-
-def build_store(
-    raw_dir: Path,
-    out_dir: Path,
-    image_size: int,
-    multilabel: bool,
-    exclude: frozenset[Path] = frozenset(),
-    workers: int | None = None,
-    recipe: InputRecipe = DEFAULT,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> dict[str, int]:
-    """Decode every split of `raw_dir` by `recipe` into a store at `out_dir` (replaced atomically), in
-    `workers` processes (default: the CPU count, at most 8). Returns images per split.
-    `exclude` lists files verify skipped."""
-    raw_dir = Path(raw_dir)
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    train = scan_split(raw_dir, "train", None, multilabel, exclude)
-    found = {name: scan_split(raw_dir, name, train.classes, multilabel, exclude) for name in SPLITS}
-    with contextlib.ExitStack() as stack:
-        pool = None
-        if workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=worker_dies_with_parent))
-
-        def rows(files: Sequence[Path]) -> Iterator[bytes]:  # lazy: one split's rows in flight at a time
-            jobs = [(str(f), image_size, max_pixels, recipe) for f in files]
-            if pool is None or len(jobs) < 2:
-                yield from map(_decode_job, jobs)
-            else:
-                yield from pool.map(_decode_job, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
-
-        splits = {
-            name: ([f.relative_to(raw_dir).as_posix() for f in s.files], _json_labels(s.labels), rows(s.files))
-            for name, s in found.items()
-        }
-        sources = {}
-        for name, s in found.items():
-            meta = file_metadata(raw_dir / name)
-            sources[name] = [meta.get(f, {}).get("source", "") for f in s.files]
-        write_store(out_dir, image_size, train.classes, multilabel, splits, preprocessing=recipe.name, sources=sources)
-    return {name: len(s.files) for name, s in found.items()}
 
 
 class StoreError(DatasetError):

@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from cxr.errors import PipelineError
-from cxr.model.inference import Runtime, batches, predict_logits, prefetched
+from cxr.model.inference import Runtime, batches, compiled, predict_logits, prefetched
 from cxr.model.networks import train_mode
 from cxr.progress import progress
 from cxr.train.averaging import WeightAverage
@@ -83,14 +83,14 @@ class Fit:
     dist: Distributed = field(default_factory=Distributed)
     average: WeightAverage = field(default_factory=WeightAverage.off)  # train.ema
     normalise: Callable[[torch.Tensor], torch.Tensor] = nn.Identity()
-    compile: bool = False
+    compile: bool | str = False  # train.compile: false, true or "reduce-overhead" (CUDA graphs)
     sampling: torch.Tensor | None = None  # per training image, its chance of each draw (train.sampler); None: shuffle
     check_every: int = 1
 
     def __post_init__(self):
         # the whole forward step (input conversion, normalisation, network, loss) as one function,
         # compiled as one graph where asked; backward and the optimizer run outside it
-        self.forward = torch.compile(self._forward) if self.compile else self._forward
+        self.forward = compiled(self._forward, self.compile)
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.runtime.autocast():

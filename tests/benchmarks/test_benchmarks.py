@@ -66,6 +66,17 @@ def test_train_speed_benchmark_compares_the_pipeline_with_plain_steps(capsys):
         assert figures["scoring_ratio"] == round(figures["pipeline_scoring_eager"] / figures["plain_scoring_eager"], 3)
 
 
+def test_decode_speed_benchmark_times_both_ways_and_compares_the_stores(capsys):
+    from benchmarks import decode_speed
+
+    result = decode_speed.main(["--images", "20", "--size", "64", "--image-size", "32", "--device", "cpu",
+                                "--workers", "2"])  # fmt: skip
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert result["films"] == 20 and result["cpu_images_per_s"] > 0 and result["device_images_per_s"] > 0
+    assert result["ratio"] == round(result["device_images_per_s"] / result["cpu_images_per_s"], 3)
+    assert result["identical"] and result["rows_differing"] == 0 and result["max_grey_difference"] == 0
+
+
 def test_scale_benchmark_scores_the_leak_check_from_verify_s_report(tmp_path):
     """benchmarks.scale reads verify's report: a pair of a planted copy with its original is a hit, any other
     pair across splits a false alarm; recall per alteration."""

@@ -30,6 +30,7 @@ def test_repository_params_are_valid():
         ("data", "task", "regression", "data.task"),
         ("evaluate", "batch_size", 2.5, "evaluate.batch_size"),
         ("train", "batch_size", 1, "train.batch_size: 1 is not valid: must be 2 or more"),  # was a raw traceback
+        ("train", "compile", "max-autotune", "train.compile: 'max-autotune' is not valid: use true, false or 'reduce"),
     ],
 )
 def test_bad_values_name_the_key(raw, section, key, value, expected):

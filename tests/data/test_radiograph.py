@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr.data.decoding import Decoder, build_store
 from cxr.data.radiograph import BASE, DEFAULT, InputRecipe, RecipeError, crop_border, square
-from cxr.data.store import SplitStore, StoreError, build_store, decode_all
+from cxr.data.store import SplitStore, StoreError, decode_all
 
 RNG = np.random.default_rng(3)
 LUNGS = (RNG.random((60, 80)) * 160 + 40).astype(np.uint8)  # a textured film, 80 wide
@@ -83,7 +84,7 @@ def test_decode_records_the_recipe_and_prediction_rebuilds_it(tmp_path):
                 film = np.roll(LUNGS, 7 * i + 3 * k, axis=1)
                 Image.fromarray(letterboxed(film, value=255 * k)).save(raw / split / cls / f"{i}.png")
     recipe = InputRecipe(border="crop", intensity="clahe", aspect="crop")
-    build_store(raw, tmp_path / "store", 32, multilabel=False, workers=2, recipe=recipe)
+    build_store(raw, tmp_path / "store", 32, multilabel=False, decoder=Decoder(workers=2), recipe=recipe)
     index = json.loads((tmp_path / "store" / "index.json").read_text())
     assert index["preprocessing"] == recipe.name
     store = SplitStore(tmp_path / "store", "test", 32, recipe.name)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from cxr.config import parse_params
+from cxr.data.decoding import build_store
 from cxr.data.sources import write_dataset
 from cxr.data.splits import scan_split
-from cxr.data.store import SplitStore, build_store
+from cxr.data.store import SplitStore
 from cxr.data.verify import verify_splits
 from tests.conftest import REPO, tiny_params_dict
 

@@ -87,7 +87,8 @@ def test_source_sampler_draws_each_source_equally():
 def test_store_records_each_films_source_and_train_balances_them(tmp_path):
     from PIL import Image
 
-    from cxr.data.store import SplitStore, build_store
+    from cxr.data.decoding import Decoder, build_store
+    from cxr.data.store import SplitStore
 
     raw = tmp_path / "raw"
     for split in ("train", "val", "test"):
@@ -98,7 +99,7 @@ def test_store_records_each_films_source_and_train_balances_them(tmp_path):
                 Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(raw / split / cls / f"{i}.png")
                 rows.append(f"{cls}/{i}.png,{cls},p{cls}{i},{'north' if i else 'south'}")
         (raw / split / "labels.csv").write_text("\n".join(rows) + "\n")
-    build_store(raw, tmp_path / "store", 8, multilabel=False, workers=1)
+    build_store(raw, tmp_path / "store", 8, multilabel=False, decoder=Decoder(workers=1))
     train = SplitStore(tmp_path / "store", "train")
     assert train.sources == ("south", "north", "north") * 2
     weights = source_balanced(train.sources, "train")

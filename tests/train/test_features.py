@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from cxr.config import parse_params
+from cxr.data.decoding import Decoder, build_store
 from cxr.data.demo import write_demo_dataset
 from cxr.data.splits import scan_split
-from cxr.data.store import SplitStore, StoreError, build_store, decode_image
+from cxr.data.store import SplitStore, StoreError, decode_image
 from cxr.evaluate.scores import classification_scores
 from cxr.model.checkpoint import load_checkpoint
 from cxr.model.decisions import probabilities
@@ -23,8 +24,8 @@ from tests.conftest import tiny_params_dict, train_on
 
 def test_store_holds_every_split_decoded_once(tmp_path, demo_root):
     skip = frozenset({demo_root / "train/infected/infected_00003.png"})
-    counts = build_store(demo_root, tmp_path / "one", 40, multilabel=False, exclude=skip, workers=1)
-    build_store(demo_root, tmp_path / "two", 40, multilabel=False, exclude=skip, workers=2)
+    counts = build_store(demo_root, tmp_path / "one", 40, multilabel=False, exclude=skip, decoder=Decoder(workers=1))
+    build_store(demo_root, tmp_path / "two", 40, multilabel=False, exclude=skip, decoder=Decoder(workers=2))
     for name in ("train", "val", "test"):
         assert (tmp_path / "one" / f"{name}.npy").read_bytes() == (tmp_path / "two" / f"{name}.npy").read_bytes()
         split = scan_split(demo_root, name, exclude=skip)
@@ -41,7 +42,7 @@ def test_store_holds_every_split_decoded_once(tmp_path, demo_root):
 
 
 def test_store_refuses_other_sizes_and_truncated_files(tmp_path, demo_root):
-    build_store(demo_root, tmp_path / "s", 32, multilabel=False, workers=1)
+    build_store(demo_root, tmp_path / "s", 32, multilabel=False, decoder=Decoder(workers=1))
     with pytest.raises(StoreError, match=r"stored at 32 px but the model needs 64 px"):
         SplitStore(tmp_path / "s", "val", 64)
     with pytest.raises(StoreError, match=r"decoded image store not found; run `dvc repro decode`"):
@@ -60,7 +61,7 @@ def test_store_keeps_multilabel_rows(tmp_path):
     raw["train"]["loss"] = "bce"
     params = parse_params(raw)
     write_demo_dataset(tmp_path / "raw", params.data, params.seed)
-    build_store(tmp_path / "raw", tmp_path / "s", 32, multilabel=True, workers=1)
+    build_store(tmp_path / "raw", tmp_path / "s", 32, multilabel=True, decoder=Decoder(workers=1))
     store = SplitStore(tmp_path / "s", "train")
     split = scan_split(tmp_path / "raw", "train", multilabel=True)
     assert store.multilabel and store.labels.shape == (len(split.files), 3)

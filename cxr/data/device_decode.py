@@ -4,7 +4,8 @@ Decoding a 1024 px film costs more than anything else in `decode`; torchvision's
 list of JPEG byte strings on CUDA in one call (nvJPEG). Only films the device reads exactly as the CPU
 path means them go there: JPEG in 8-bit grayscale (L) or RGB, without an EXIF rotation, within the
 pixel limit (read from the header) and under BYTES_PER_PIXEL_LIMIT bytes a pixel. Everything else (PNG,
-DICOM, CMYK, rotated, corrupt, too large) stays on the CPU worker processes, which also name any error.
+DICOM, CMYK, rotated, corrupt, too large) stays on the CPU worker processes, which also name any error;
+a batch the device refuses (decode_jpeg gives no partial results) goes to them whole, said once a batch.
 RGB is reduced to gray by PIL's own integer ITU-R 601 formula, so the batched path on the CPU gives
 the CPU rows byte for byte (tests/data/test_device_decode.py). nvJPEG's inverse DCT need not match
 libjpeg-turbo's to the grey level, which is why decode.device is a param: changing it re-runs decode.
@@ -89,9 +90,13 @@ def device_rows(
 
     def start(chunk: Sequence[Path], threads: ThreadPoolExecutor) -> tuple[list, Iterator[bytes], list[Future]]:
         modes = [device_mode(f, max_pixels) for f in chunk]
-        on_cpu = cpu_rows([f for f, m in zip(chunk, modes, strict=True) if m is None])  # runs meanwhile
         picked = [(f, m) for f, m in zip(chunk, modes, strict=True) if m is not None]
-        grays = decode_films([f for f, _ in picked], [m for _, m in picked], device) if picked else []
+        try:
+            grays = decode_films([f for f, _ in picked], [m for _, m in picked], device) if picked else []
+        except RuntimeError as exc:  # the device refused a film; decode_jpeg gives no partial results
+            print(f"decode: {len(picked)} JPEG films from {chunk[0].name} on the CPU instead ({device} said: {exc})")
+            modes, grays = [None] * len(chunk), []
+        on_cpu = cpu_rows([f for f, m in zip(chunk, modes, strict=True) if m is None])
         return modes, on_cpu, [threads.submit(row, g) for g in grays]
 
     with ThreadPoolExecutor() as threads:

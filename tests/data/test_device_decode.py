@@ -127,6 +127,21 @@ def test_a_bad_film_is_named_by_the_cpu_path_as_before(tmp_path):
         list(device_rows([*files, cut], 16, 50_000_000, DEFAULT, CPU, cpu_rows))
 
 
+def test_a_batch_the_device_refuses_goes_to_the_cpu_whole(tmp_path, monkeypatch, capsys):
+    def refuses(paths, modes, device):
+        raise RuntimeError("nvjpegDecodeBatched failed: 6")
+
+    monkeypatch.setattr(device_decode, "decode_films", refuses)
+    files = _films(tmp_path, 9)
+    cpu_rows = lambda chosen: map(decode_row, [(str(f), 16, 50_000_000, DEFAULT) for f in chosen])  # noqa: E731
+    assert list(device_rows(files, 16, 50_000_000, DEFAULT, CPU, cpu_rows)) == [
+        decode_image(f, 16).tobytes() for f in files
+    ]
+    assert "decode: 6 JPEG films from 000-gray.jpg on the CPU instead (cpu said: nvjpegDecodeBatched failed: 6)" in (
+        capsys.readouterr().out
+    )
+
+
 def test_decode_device_cuda_without_a_gpu_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     raw = tiny_params_dict()

@@ -40,6 +40,11 @@ class Decoder:
     workers: int | None = None
     device: torch.device | None = None
 
+    @property
+    def processes(self) -> int:
+        """The worker processes it runs: `workers`, or the CPU count, at most 8."""
+        return self.workers if self.workers is not None else min(8, os.cpu_count() or 1)
+
 
 def build_store(
     raw_dir: Path,
@@ -54,7 +59,7 @@ def build_store(
     """Decode every split of `raw_dir` by `recipe` into a store at `out_dir` (replaced atomically), as
     `decoder` says. Returns images per split. `exclude` lists files verify skipped."""
     raw_dir = Path(raw_dir)
-    workers = decoder.workers if decoder.workers is not None else min(8, os.cpu_count() or 1)
+    workers = decoder.processes
     train = scan_split(raw_dir, "train", None, multilabel, exclude)
     found = {name: scan_split(raw_dir, name, train.classes, multilabel, exclude) for name in SPLITS}
     with contextlib.ExitStack() as stack:

@@ -60,6 +60,8 @@ def luma(rgb: torch.Tensor) -> torch.Tensor:
 def decode_films(paths: Sequence[Path], modes: Sequence[str], device: torch.device) -> list[np.ndarray]:
     """Gray (H, W) uint8 arrays of JPEG films (`modes` from device_mode), decoded together on `device`
     and copied back to the host at once."""
+    if not paths:
+        return []
     data = [torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8) for p in paths]
     grays: list[torch.Tensor | None] = [None] * len(paths)
     for mode, read_mode in READ_MODES.items():
@@ -69,7 +71,7 @@ def decode_films(paths: Sequence[Path], modes: Sequence[str], device: torch.devi
             for i, image in zip(picked, images, strict=True):
                 grays[i] = image[0] if mode == "L" else luma(image)
     shapes = [g.shape for g in grays]
-    flat = torch.cat([g.reshape(-1) for g in grays]).cpu().numpy() if grays else np.empty(0, np.uint8)
+    flat = torch.cat([g.reshape(-1) for g in grays]).cpu().numpy()
     ends = np.cumsum([h * w for h, w in shapes])
     return [part.reshape(shape) for part, shape in zip(np.split(flat, ends[:-1]), shapes, strict=True)]
 
@@ -92,7 +94,7 @@ def device_rows(
         modes = [device_mode(f, max_pixels) for f in chunk]
         picked = [(f, m) for f, m in zip(chunk, modes, strict=True) if m is not None]
         try:
-            grays = decode_films([f for f, _ in picked], [m for _, m in picked], device) if picked else []
+            grays = decode_films([f for f, _ in picked], [m for _, m in picked], device)
         except RuntimeError as exc:  # the device refused a film; decode_jpeg gives no partial results
             print(f"decode: {len(picked)} JPEG films from {chunk[0].name} on the CPU instead ({device} said: {exc})")
             modes, grays = [None] * len(chunk), []

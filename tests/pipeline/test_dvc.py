@@ -66,13 +66,24 @@ def make_repo(root, params: dict, ignore: bool = False):
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A git + DVC repository holding the project's pipeline code and tiny params."""
-    return make_repo(tmp_path_factory.mktemp("pipeline"), tiny_params_dict())
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """A git + DVC repository holding the project's pipeline code and tiny params, reproduced once and
+    committed as the baseline every test of this module starts from (and restores), with what that first
+    `dvc repro` printed. Built here, not by the first test, so any test runs alone (`pytest -k`)."""
+    root = make_repo(tmp_path_factory.mktemp("pipeline"), tiny_params_dict())
+    _, out = dvc(root, "repro")
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "baseline")
+    return root, out
 
 
-def test_repro_builds_everything_then_nothing(repo):
-    _, out = dvc(repo, "repro")
+@pytest.fixture
+def repo(built) -> Path:
+    return built[0]
+
+
+def test_repro_builds_everything_then_nothing(built):
+    repo, out = built
     for stage in ("check_params", "download", "verify", "decode", "features", "train", "evaluate", "export"):
         assert f"Running stage '{stage}'" in out
     exported = json.loads((repo / "metrics/export.json").read_text())
@@ -102,8 +113,7 @@ def test_repro_builds_everything_then_nothing(repo):
     assert "Running stage" not in out
     _, out = dvc(repo, "status")
     assert "up to date" in out
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "baseline")
+    assert not run(repo, "git", "status", "--porcelain")[1], "the baseline commit holds every file the run wrote"
 
 
 @pytest.mark.parametrize(

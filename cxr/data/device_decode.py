@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -90,16 +90,17 @@ def device_rows(
     def row(gray: np.ndarray) -> bytes:
         return np.ascontiguousarray(recipe.row(Image.fromarray(gray, mode="L"), image_size)[None]).tobytes()
 
-    def start(chunk: Sequence[Path], threads: ThreadPoolExecutor) -> tuple[list, Iterator[bytes], list[Future]]:
+    def start(chunk: Sequence[Path], threads: ThreadPoolExecutor) -> tuple[list, Iterator[bytes], Iterator[bytes]]:
         modes = [device_mode(f, max_pixels) for f in chunk]
-        picked = [(f, m) for f, m in zip(chunk, modes, strict=True) if m is not None]
+        on_cpu = cpu_rows([f for f, m in zip(chunk, modes, strict=True) if m is None])  # runs meanwhile
+        picked = [f for f, m in zip(chunk, modes, strict=True) if m is not None]
         try:
-            grays = decode_films([f for f, _ in picked], [m for _, m in picked], device)
+            grays = decode_films(picked, [m for m in modes if m is not None], device)
         except RuntimeError as exc:  # the device refused a film; decode_jpeg gives no partial results
             print(f"decode: {len(picked)} JPEG films from {chunk[0].name} on the CPU instead ({device} said: {exc})")
-            modes, grays = [None] * len(chunk), []
-        on_cpu = cpu_rows([f for f, m in zip(chunk, modes, strict=True) if m is None])
-        return modes, on_cpu, [threads.submit(row, g) for g in grays]
+            return modes, on_cpu, cpu_rows(picked)
+        resized = [threads.submit(row, g) for g in grays]
+        return modes, on_cpu, (future.result() for future in resized)
 
     with ThreadPoolExecutor() as threads:
         pending: deque = deque()
@@ -111,7 +112,7 @@ def device_rows(
             yield from _in_order(*pending.popleft())
 
 
-def _in_order(modes: list, on_cpu: Iterator[bytes], on_device: list[Future]) -> Iterator[bytes]:
-    rows = iter(on_device)
+def _in_order(modes: list, on_cpu: Iterator[bytes], on_device: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunk's rows in file order, from the rows of its films the device took and those it did not."""
     for mode in modes:
-        yield next(rows).result() if mode is not None else next(on_cpu)
+        yield next(on_device) if mode is not None else next(on_cpu)

@@ -84,12 +84,19 @@ def test_only_films_the_device_reads_as_the_cpu_does_go_to_it(tmp_path):
 @pytest.mark.parametrize("recipe", [DEFAULT, InputRecipe(border="crop", intensity="equalize", aspect="pad")])
 def test_batched_rows_are_the_cpu_rows_byte_for_byte_and_in_order(tmp_path, monkeypatch, recipe):
     monkeypatch.setattr(device_decode, "BATCH", 8)  # 27 films: four batches, one part-full
-    batches, decode_films = [], device_decode.decode_films
-    monkeypatch.setattr(device_decode, "decode_films", lambda p, m, d: batches.append(len(p)) or decode_films(p, m, d))
+    batches, decode_films, calls = [], device_decode.decode_films, []
+
+    def on_device(paths, modes, device):
+        calls.append("device")
+        batches.append(len(paths))
+        return decode_films(paths, modes, device)
+
+    monkeypatch.setattr(device_decode, "decode_films", on_device)
     on_cpu = []
     files = _films(tmp_path, 27)
 
     def cpu_rows(chosen):
+        calls.append("cpu")
         on_cpu.extend(f.name for f in chosen)
         return map(decode_row, [(str(f), 24, 50_000_000, recipe) for f in chosen])
 
@@ -98,6 +105,7 @@ def test_batched_rows_are_the_cpu_rows_byte_for_byte_and_in_order(tmp_path, monk
     assert len(rows) == 27 and rows == expected
     assert batches == [5, 4, 3, 3] and len(on_cpu) == 12  # gray, colour and progressive JPEGs on the device
     assert {name.split("-")[1] for name in on_cpu} == {"png.png", "cmyk.jpg", "rotated.jpg"}
+    assert calls == ["cpu", "device"] * 4, "each batch's CPU films start on the processes before the device decodes"
 
 
 def test_a_store_built_through_the_batched_path_is_the_cpu_store(tmp_path):

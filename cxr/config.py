@@ -34,6 +34,20 @@ ARCHS = (
     "vit_b_16",
     "swin_t",
 )
+# torchxrayvision's chest X-ray weights (train.weights: txrv:<name>, cxr/model/xray_weights.py): the torchvision
+# network each fits and the image side it was trained at (tests/model/test_xray_weights.py keeps the names equal to
+# the package's table).
+XRV_PREFIX = "txrv:"
+XRV_WEIGHTS = {
+    "densenet121-res224-all": ("densenet121", 224),
+    "densenet121-res224-nih": ("densenet121", 224),
+    "densenet121-res224-pc": ("densenet121", 224),
+    "densenet121-res224-chex": ("densenet121", 224),
+    "densenet121-res224-rsna": ("densenet121", 224),
+    "densenet121-res224-mimic_nb": ("densenet121", 224),
+    "densenet121-res224-mimic_ch": ("densenet121", 224),
+    "resnet50-res512-all": ("resnet50", 512),
+}
 # Keys that change how a run executes, never its results: not params deps of any stage in dvc.yaml
 # (changing one reruns nothing; tests/test_dependencies.py checks it) nor part of a resumed run's signature.
 RUNTIME_KEYS = ("train.compile", "train.finite_check_every", "train.low_memory", "train.nproc", "train.resume")
@@ -127,6 +141,7 @@ class DataConfig(_Section):
     split: SplitConfig
     task: Literal["binary", "multiclass", "multilabel"]
     folds: Annotated[int, Field(ge=0, le=50)] | Literal["source"]
+    label_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
     demo: DemoConfig
 
     @field_validator("folds")
@@ -288,9 +303,28 @@ class TrainConfig(_Section):
     @field_validator("weights")
     @classmethod
     def _weights_choice(cls, value: str) -> str:
+        if value.startswith(XRV_PREFIX):
+            name = value.removeprefix(XRV_PREFIX)
+            if name not in XRV_WEIGHTS:
+                close = difflib.get_close_matches(name, list(XRV_WEIGHTS), n=1, cutoff=0.5)
+                hint = f"did you mean {XRV_PREFIX}{close[0]}? " if close else ""
+                names = ", ".join(XRV_WEIGHTS)
+                raise ValueError(f"{name!r} is not a torchxrayvision weights name; {hint}allowed: {names}")
+            return value
         if value in ("none", "imagenet") or value.endswith((".pt", ".pth", ".bin")):
             return value
-        raise ValueError("must be 'none', 'imagenet' or a path to a state-dict file ending in .pt/.pth/.bin")
+        raise ValueError(
+            "must be 'none', 'imagenet', 'txrv:<name>' (chest X-ray weights, e.g. txrv:densenet121-res224-all) "
+            "or a path to a state-dict file ending in .pt/.pth/.bin"
+        )
+
+    @property
+    def network(self) -> str:
+        """The torchvision network a run builds: train.arch, or the one txrv weights were trained as (the weights'
+        name brings its network: `-S train.weights=txrv:densenet121-res224-all` alone builds a DenseNet121)."""
+        if self.weights.startswith(XRV_PREFIX):
+            return XRV_WEIGHTS[self.weights.removeprefix(XRV_PREFIX)][0]
+        return self.arch
 
 
 class EvaluateConfig(_Section):

@@ -51,7 +51,7 @@ def run(argv: list[str] | None = None) -> int:
 
     paths = member_paths(args.model) if args.model.is_dir() else [args.model]  # a folder: its fold models' ensemble
     model, spec, payload = load_scorer(paths)
-    runtime = Runtime.select()
+    runtime = Runtime.select().scaled(spec)
     runtime.prepare_model(model)
     thresholds, tta = load_decision_thresholds(args.metrics, paths)
     rule = load_abstention(args.metrics, paths)

@@ -34,7 +34,7 @@ def build_service(args: argparse.Namespace) -> Service:
         )
     paths = member_paths(args.model) if args.model.is_dir() else [args.model]  # a folder: its fold models' ensemble
     model, spec, payload = load_scorer(paths)
-    runtime = Runtime.select()
+    runtime = Runtime.select().scaled(spec)
     runtime.prepare_model(model)
     thresholds, tta = load_decision_thresholds(args.metrics, paths)
     scorer = Scorer(model, spec, payload["densities"], 32, tta, runtime, args.max_pixels)

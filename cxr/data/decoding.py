@@ -85,9 +85,10 @@ def build_store(
             name: ([f.relative_to(raw_dir).as_posix() for f in s.files], _json_labels(s.labels), rows(s.files))
             for name, s in found.items()
         }
-        sources = {}
+        columns: dict[str, dict[str, list[str]]] = {"sources": {}, "patients": {}}
         for name, s in found.items():
             meta = file_metadata(raw_dir / name)
-            sources[name] = [meta.get(f, {}).get("source", "") for f in s.files]
-        write_store(out_dir, image_size, train.classes, multilabel, splits, preprocessing=recipe.name, sources=sources)
+            columns["sources"][name] = [meta.get(f, {}).get("source", "") for f in s.files]
+            columns["patients"][name] = [meta.get(f, {}).get("patient_id", "") for f in s.files]
+        write_store(out_dir, image_size, train.classes, multilabel, splits, preprocessing=recipe.name, columns=columns)
     return {name: len(s.files) for name, s in found.items()}

@@ -68,12 +68,13 @@ def write_store(
     splits: Mapping[str, tuple[Sequence[str], list, Iterable[bytes]]],
     channels: int = CHANNELS,
     preprocessing: str = DEFAULT.name,
-    sources: Mapping[str, Sequence[str]] | None = None,
+    columns: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
 ) -> None:
     """Write a store (replacing `out_dir` atomically) from, per split: relative file names,
     labels (class indices or multi-hot rows) and an iterable of uint8 rows (channels, S, S) as bytes,
-    made by the recipe named `preprocessing`; with `sources`, each split's files' labels.csv source
-    (recorded when any is named: what `train.sampler: source` balances)."""
+    made by the recipe named `preprocessing`. `columns` holds labels.csv metadata per split's files, each recorded
+    when any file names one: `sources` (what `train.sampler: source` balances) and `patients` (what
+    `data.label_fraction` keeps together)."""
     index: dict = {
         "format": STORE_FORMAT,
         "image_size": image_size,
@@ -87,8 +88,9 @@ def write_store(
         for name, (files, labels, rows) in splits.items():
             _write_rows(tmp / f"{name}.npy", len(files), (channels, image_size, image_size), rows, f"decode {name}")
             index["splits"][name] = {"files": list(files), "labels": labels}
-            if sources and any(sources.get(name, ())):
-                index["splits"][name]["sources"] = list(sources[name])
+            for column, values in (columns or {}).items():
+                if any(values.get(name, ())):
+                    index["splits"][name][column] = list(values[name])
         (tmp / INDEX).write_text(json.dumps(index) + "\n")
 
 
@@ -133,6 +135,7 @@ class SplitStore:
         self.preprocessing: str = index["preprocessing"]
         self.files: tuple[str, ...] = tuple(entry["files"])
         self.sources: tuple[str, ...] = tuple(entry.get("sources", ("",) * len(self.files)))  # "" = not named
+        self.patients: tuple[str, ...] = tuple(entry.get("patients", ("",) * len(self.files)))
         if index["multilabel"]:
             self.labels = np.asarray(entry["labels"], dtype=np.float32).reshape(len(self.files), len(self.classes))
         else:

@@ -161,9 +161,9 @@ def evaluate(
     """Score `model_path` (a checkpoint, or a list of them: their ensemble) on test; returns (and
     writes) the metrics. With `submission_path`, also predict data/raw/unlabeled (a hand-in set) into that CSV."""
     cfg, say = params.evaluate, steps("evaluate")
-    runtime = Runtime.select()
     paths = as_paths(model_path)
     model, spec, checkpoint = load_scorer(paths)
+    runtime = Runtime.select().scaled(spec)
     runtime.prepare_model(model)
     val, test = (SplitStore(store_dir, name, spec.image_size, spec.preprocessing) for name in ("val", "test"))
     if test.classes != spec.classes:

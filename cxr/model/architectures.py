@@ -26,10 +26,13 @@ class Family:
     finer: str = ""
     indexed: str | None = None  # what an integer train.freeze entry i means: f"{indexed}.{i}"
     sized: bool = False  # the builder needs the image size (ViT's position embeddings)
+    stem: str = ""  # the first convolution: made one-channel for one-channel weights (torchxrayvision's)
 
 
 FAMILIES: dict[str, Family] = {  # keyed by torchvision's class name
-    "ResNet": Family(("resnet18", "resnet50"), head="fc", last_layer="", gradcam="layer4", finer="siblings"),
+    "ResNet": Family(
+        ("resnet18", "resnet50"), head="fc", last_layer="", gradcam="layer4", finer="siblings", stem="conv1"
+    ),
     "VGG": Family(
         ("vgg16",),
         head="classifier",
@@ -39,7 +42,9 @@ FAMILIES: dict[str, Family] = {  # keyed by torchvision's class name
         indexed="features",
     ),
     # DenseNet names its feature layers (features.denseblock1, ...): no integer freeze entries
-    "DenseNet": Family(("densenet121",), head="classifier", last_layer="", gradcam="features", finer="children"),
+    "DenseNet": Family(
+        ("densenet121",), head="classifier", last_layer="", gradcam="features", finer="children", stem="features.conv0"
+    ),
     "EfficientNet": Family(
         ("efficientnet_b0", "efficientnet_v2_s"),
         head="classifier",

@@ -41,7 +41,7 @@ class Exported(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = (pixels / 255.0).expand(-1, 3, -1, -1)
+        x = (pixels / 255.0).expand(-1, self.mean.shape[1], -1, -1)
         return self.model((x - self.mean) / self.std)
 
 

@@ -4,6 +4,7 @@ shared by training, evaluation, feature caching and prediction, with no training
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import platform
@@ -119,6 +120,12 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype | None = None
     channels_last: bool = True
+    mean: tuple[float, ...] = IMAGENET_MEAN  # the input scaling the network was trained with (its spec's):
+    std: tuple[float, ...] = IMAGENET_STD  # one entry per input channel
+
+    def scaled(self, spec) -> Runtime:
+        """This runtime feeding the network of `spec` (a ModelSpec): its channels and input scaling."""
+        return dataclasses.replace(self, mean=tuple(spec.mean), std=tuple(spec.std))
 
     @classmethod
     def select(cls, precision: str = "auto", device: torch.device | None = None) -> Runtime:
@@ -143,14 +150,15 @@ class Runtime:
         return batch.to(self.device, non_blocking=True)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Images on the device, uint8 or float in [0, 1] (B, 1 or 3, H, W) -> the standardised
-        3-channel float input the networks take (a one-channel radiograph is repeated into three).
+        """Images on the device, uint8 or float in [0, 1] (B, 1 or 3, H, W) -> the standardised float
+        input the network takes: 3 channels with ImageNet's statistics (a one-channel radiograph repeated into
+        three), or 1 channel in [-1024, 1024] for torchxrayvision's (`mean`, `std`).
         Pure tensor arithmetic, so it compiles into the training step (train.compile)."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = standardize(x)
+        if x.shape[1] == 1 and len(self.mean) > 1:
+            x = x.expand(-1, len(self.mean), -1, -1)
+        x = standardize(x, self.mean, self.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def unit(self, batch: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,11 @@ import torch
 from torch import nn
 from torchvision.models import get_model
 
+from cxr.config import XRV_PREFIX
 from cxr.errors import ConfigError
 from cxr.model.architectures import FAMILY_OF_ARCH, Family, family_of, replace_module, submodule
 from cxr.model.weights import WeightsError, imagenet_state_dict, local_state_dict
+from cxr.model.xray_weights import xray_state_dict
 
 HEAD_ATTRIBUTE = "cxr_head"  # build_model records the head's dotted name under this attribute
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -47,7 +49,7 @@ def replaced_layer(family: Family, keep_classifier: bool) -> str:
 
 
 @torch.no_grad()
-def feature_width(model: nn.Module, image_size: int, replaced: str | None = None) -> int:
+def feature_width(model: nn.Module, image_size: int, replaced: str | None = None, in_channels: int = 3) -> int:
     """Width of the features reaching `replaced` (default: the family's head), measured by a
     forward pass (never hard-coded)."""
     path = replaced or family_of(model).head
@@ -55,7 +57,7 @@ def feature_width(model: nn.Module, image_size: int, replaced: str | None = None
     was_training = model.training
     try:
         model.eval()
-        return int(model(torch.zeros(1, 3, image_size, image_size)).flatten(1).shape[1])
+        return int(model(torch.zeros(1, in_channels, image_size, image_size)).flatten(1).shape[1])
     finally:
         replace_module(model, path, original)
         model.train(was_training)
@@ -90,6 +92,66 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
         raise WeightsError(f"train.weights={source}: tensor shapes do not match train.arch: {exc}") from exc
 
 
+def one_channel_stem(model: nn.Module) -> None:
+    """Replace the family's first convolution by one reading a single channel (torchxrayvision's networks)."""
+    family = family_of(model)
+    if not family.stem:
+        raise ConfigError(f"{type(model).__name__}: one-channel input is supported for ResNet and DenseNet only")
+    old = submodule(model, family.stem)
+    replace_module(
+        model,
+        family.stem,
+        nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None),
+    )
+
+
+def backbone(
+    arch: str, image_size: int, weights: str = "none", keep_classifier: bool = False, in_channels: int = 3
+) -> tuple[nn.Module, str]:
+    """A torchvision `arch` with `weights` loaded, and the dotted name of the layer a new head replaces.
+
+    With `keep_classifier`, a multi-layer classifier (VGG's 4096-4096, EfficientNet's and MobileNet's dropout) is
+    kept, pretrained, and only its last layer is to be replaced. `in_channels` 1 gives it a one-channel first
+    convolution (what `txrv:` weights were trained with).
+    """
+    sized = arch in FAMILY_OF_ARCH and FAMILY_OF_ARCH[arch].sized
+    model = get_model(arch, weights=None, **({"image_size": image_size} if sized else {}))
+    family = family_of(model)
+    if keep_classifier and not family.last_layer:
+        raise ConfigError(f"train.head.keep_classifier: {arch} has a single-layer classifier; set it to false")
+    if in_channels == 1:
+        one_channel_stem(model)
+    replaced = replaced_layer(family, keep_classifier)
+    if weights == "imagenet":
+        load_backbone_weights(model, imagenet_state_dict(arch), "imagenet", replaced)
+    elif weights.startswith(XRV_PREFIX):
+        state, _, _ = xray_state_dict(weights)
+        load_backbone_weights(model, state, weights, replaced)
+    elif weights != "none":
+        load_backbone_weights(model, local_state_dict(weights), weights, replaced)
+    return model, replaced
+
+
+def add_head(
+    model: nn.Module,
+    replaced: str,
+    num_outputs: int,
+    hidden: Sequence[int],
+    dropout: float,
+    image_size: int,
+    activation: str = "relu",
+    in_channels: int = 3,
+) -> nn.Module:
+    """`model` with the new head (`make_head`) in place of its `replaced` layer."""
+    old = submodule(model, replaced)
+    width = (
+        old.in_features if isinstance(old, nn.Linear) else feature_width(model, image_size, replaced, in_channels)
+    )
+    replace_module(model, replaced, make_head(width, hidden, dropout, num_outputs, activation))
+    setattr(model, HEAD_ATTRIBUTE, replaced)  # where the head is, recorded by the one code that put it there
+    return model
+
+
 def build_model(
     arch: str,
     num_outputs: int,
@@ -100,26 +162,9 @@ def build_model(
     activation: str = "relu",
     keep_classifier: bool = False,
 ) -> nn.Module:
-    """A torchvision `arch` with `weights` loaded into its backbone and a new head.
-
-    With `keep_classifier`, a multi-layer classifier (VGG's 4096-4096, EfficientNet's and
-    MobileNet's dropout) is kept, pretrained, and only its last layer is replaced by the new head.
-    """
-    sized = arch in FAMILY_OF_ARCH and FAMILY_OF_ARCH[arch].sized
-    model = get_model(arch, weights=None, **({"image_size": image_size} if sized else {}))
-    family = family_of(model)
-    if keep_classifier and not family.last_layer:
-        raise ConfigError(f"train.head.keep_classifier: {arch} has a single-layer classifier; set it to false")
-    replaced = replaced_layer(family, keep_classifier)
-    if weights == "imagenet":
-        load_backbone_weights(model, imagenet_state_dict(arch), "imagenet", replaced)
-    elif weights != "none":
-        load_backbone_weights(model, local_state_dict(weights), weights, replaced)
-    old = submodule(model, replaced)
-    width = old.in_features if isinstance(old, nn.Linear) else feature_width(model, image_size, replaced)
-    replace_module(model, replaced, make_head(width, hidden, dropout, num_outputs, activation))
-    setattr(model, HEAD_ATTRIBUTE, replaced)  # where the head is, recorded by the one code that put it there
-    return model
+    """A torchvision `arch` (three input channels) with `weights` loaded into its backbone and a new head."""
+    model, replaced = backbone(arch, image_size, weights, keep_classifier)
+    return add_head(model, replaced, num_outputs, hidden, dropout, image_size, activation)
 
 
 def head_name(model: nn.Module) -> str:

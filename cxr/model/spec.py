@@ -4,15 +4,18 @@ params.yaml; and the model a run starts from."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from cxr.config import Params
+from cxr.checksums import sha256_of
+from cxr.config import XRV_PREFIX, Params
 from cxr.data.radiograph import InputRecipe
 from cxr.model import decisions
 from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD
-from cxr.model.networks import build_model, freeze
+from cxr.model.networks import add_head, backbone, freeze
+from cxr.model.xray_weights import XRV_MEAN, XRV_STD, weights_file, xrv_name
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,11 @@ class ModelSpec:
     preprocessing: str  # how a file becomes the uint8 input (cxr.data.radiograph.InputRecipe.name)
 
     @property
+    def channels(self) -> int:
+        """Input channels the network reads: 3 (ImageNet statistics per channel) or 1 (torchxrayvision's)."""
+        return len(self.mean)
+
+    @property
     def multilabel(self) -> bool:
         return self.task == "multilabel"
 
@@ -44,23 +52,19 @@ class ModelSpec:
         return decisions.decide(probs, self.classes, self.multilabel, thresholds)
 
     def build(self, weights: str = "none") -> nn.Module:
-        return build_model(
-            self.arch,
-            len(self.classes),
-            self.hidden,
-            self.dropout,
-            self.image_size,
-            weights=weights,
-            activation=self.activation,
-            keep_classifier=self.keep_classifier,
+        model, replaced = backbone(self.arch, self.image_size, weights, self.keep_classifier, self.channels)
+        return add_head(
+            model, replaced, len(self.classes), self.hidden, self.dropout, self.image_size, self.activation,
+            self.channels,
         )
 
 
 def spec_from_params(params: Params, classes: tuple[str, ...]) -> ModelSpec:
     """The spec of the model `params` describe, for a dataset with these classes."""
     cfg = params.train
+    xray = cfg.weights.startswith(XRV_PREFIX)  # torchxrayvision's input: one channel in [-1024, 1024]
     return ModelSpec(
-        arch=cfg.arch,
+        arch=cfg.network,
         classes=classes,
         task=params.data.task,
         loss=cfg.loss,
@@ -69,10 +73,19 @@ def spec_from_params(params: Params, classes: tuple[str, ...]) -> ModelSpec:
         activation=cfg.head.activation,
         keep_classifier=cfg.head.keep_classifier,
         image_size=cfg.image_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=XRV_MEAN if xray else IMAGENET_MEAN,
+        std=XRV_STD if xray else IMAGENET_STD,
         preprocessing=InputRecipe.from_params(cfg.input).name,
     )
+
+
+def starting_point(weights: str) -> dict:
+    """What a run starts from, for its log and checkpoint: the weights file and its sha256 (`txrv:` weights or a
+    local file); {} for none and imagenet (torch.hub checks ImageNet files against their published hashes)."""
+    if weights in ("none", "imagenet"):
+        return {}
+    path = weights_file(xrv_name(weights)) if weights.startswith(XRV_PREFIX) else Path(weights)
+    return {"weights": weights, "file": str(path), "sha256": sha256_of(path)}
 
 
 def initial_model(params: Params, classes: tuple[str, ...]) -> tuple[nn.Module, ModelSpec, int]:

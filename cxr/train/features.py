@@ -134,13 +134,13 @@ def cache_features(params: Params, store_dir: Path = DECODED_DIR, out_dir: Path 
     pin_compute(cfg.threads, cfg.deterministic)
     recipe = InputRecipe.from_params(cfg.input).name
     stores = {name: SplitStore(store_dir, name, cfg.image_size, recipe) for name in CACHED_SPLITS}
-    model, _, _ = initial_model(params, stores["train"].classes)
-    runtime = Runtime.select(cfg.precision)
+    model, spec, _ = initial_model(params, stores["train"].classes)
+    runtime = Runtime.select(cfg.precision).scaled(spec)
     runtime.prepare_model(model)
-    describe = {"arch": cfg.arch, "weights": cfg.weights, "image_size": cfg.image_size}
+    describe = {"arch": cfg.network, "weights": cfg.weights, "image_size": cfg.image_size}
     shapes = write_features(out_dir, model, stores, EXTRACT_BATCH, runtime, describe)
     print(
-        f"features: {cfg.arch} backbone ran once over "
+        f"features: {cfg.network} backbone ran once over "
         + ", ".join(f"{name} {n} x {d}" for name, (n, d) in shapes.items())
         + f" on {runtime.device} in {time.perf_counter() - start:.1f} s -> {out_dir}/"
     )

@@ -14,13 +14,14 @@ import torch
 from cxr.checksums import tree_digest
 from cxr.config import Params
 from cxr.data.store import SplitStore, StoreError
+from cxr.data.subsets import label_subset
 from cxr.errors import ConfigError
 from cxr.model.checkpoint import save_checkpoint
 from cxr.model.inference import Runtime, pin_compute
 from cxr.model.losses import balanced_class_weights, make_loss
 from cxr.model.networks import head_name
 from cxr.model.ood import FIT_LIMIT, training_density
-from cxr.model.spec import initial_model
+from cxr.model.spec import initial_model, starting_point
 from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LIVE_DIR
 from cxr.progress import progress
 from cxr.train.augment import augment_batch, is_active
@@ -67,6 +68,35 @@ def _inputs(
     return data, prepare, f"full forward pass per batch ({why})"
 
 
+class Rows:
+    """Some rows of a store, indexed as the store is (`rows[idx]`): data.label_fraction's training films."""
+
+    def __init__(self, inputs, rows: torch.Tensor):
+        self.inputs, self.rows = inputs, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx):
+        return self.inputs[self.rows[idx]]
+
+
+def labelled_share(params: Params, train_store: SplitStore, data: dict) -> tuple[list[int] | None, str]:
+    """data.label_fraction: keep that share of the training films in `data` (seeded, by class, patients whole);
+    (the rows kept, or None for all; a note for the log)."""
+    fraction = params.data.label_fraction
+    if fraction >= 1.0:
+        return None, ""
+    labels = train_store.labels
+    strata = [str(int(c)) for c in (labels.argmax(1) if train_store.multilabel else labels)]
+    rows = label_subset(strata, train_store.patients, fraction, params.seed)
+    index = torch.as_tensor(rows)
+    inputs, targets = data["train"]
+    data["train"] = (inputs[index] if isinstance(inputs, torch.Tensor) else Rows(inputs, index), targets[index])
+    return rows, f"train: data.label_fraction {fraction:g}: {len(rows)} of {len(labels)} training films (seeded, by " \
+        "class, each patient's films together)"
+
+
 def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distributed) -> Run:
     """Data, model, optimizer, schedule and loss of a run at epoch 0, on this process's device."""
     cfg = params.train
@@ -82,7 +112,11 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
     train_store = SplitStore(store_dir, "train", cfg.image_size)
     classes, sources = train_store.classes, train_store.sources
     model, spec, trainable = initial_model(params, classes)
+    runtime = runtime.scaled(spec)  # the network's input channels and scaling (torchxrayvision's differ)
     data, prepare, note = _inputs(params, store_dir, features_dir, model, spec.preprocessing, runtime, generator)
+    kept, share = labelled_share(params, train_store, data)
+    if kept is not None:
+        sources = [sources[i] for i in kept]
     cached = prepare is None  # only the head runs: the backbone's output is cached
     net = model.get_submodule(head_name(model)) if cached else model
     runtime.prepare_model(model)
@@ -112,7 +146,10 @@ def build_run(params: Params, store_dir: Path, features_dir: Path, dist: Distrib
     )
     run = Run(params, spec, model, fit, make_schedule(optimizer, cfg.schedule, cfg.epochs), generator, data, trainable)
     run.environment = environment
+    run.start = starting_point(cfg.weights)
     run.say(f"train: {note}")
+    if share:
+        run.say(share)
     return run
 
 
@@ -137,19 +174,25 @@ def keep_best_model(run: Run, model_path: Path, best: dict | None) -> None:
     """After a resume: DVC removes models/model.pt before the stage runs, and a later epoch may never
     beat the best one, so write it back from the training state."""
     if best is not None and run.best_weights is not None and run.fit.dist.is_main and not model_path.is_file():
-        save_checkpoint(model_path, run.best_weights, run.spec, **best)
+        save_checkpoint(model_path, run.best_weights, run.spec, **best, **origin(run))
         run.say(f"train: {model_path} restored from the training state (best epoch {best['epoch']})")
+
+
+def origin(run: Run) -> dict:
+    """The checkpoint's record of the weights the run started from (nothing for none and imagenet)."""
+    return {"start": run.start} if run.start else {}
 
 
 def describe(run: Run) -> str:
     cfg, fit = run.params.train, run.fit
     processes = f", {fit.dist.world} processes" if fit.dist.active else ""
+    started = f"; started from {run.start['file']} (sha256 {run.start['sha256']})" if run.start else ""
     return (
-        f"train: {cfg.arch} (weights={cfg.weights}, freeze={cfg.freeze}, loss={cfg.loss}, "
+        f"train: {cfg.network} (weights={cfg.weights}, freeze={cfg.freeze}, loss={cfg.loss}, "
         f"optimizer={cfg.optimizer}, schedule={cfg.schedule.name}) on {fit.runtime.device} "
         f"({fit.runtime.dtype or torch.float32}), {run.trainable:,} trainable parameters, "
         f"{len(run.data['train'][1])} train / {len(run.data['val'][1])} val images, "
-        f"classes {list(run.spec.classes)}{processes}"
+        f"classes {list(run.spec.classes)}{processes}{started}"
     )
 
 
@@ -219,11 +262,12 @@ def attach_density(run: Run, store_dir: Path, model_path: Path, best: dict) -> N
         return
     model = run.spec.build()
     model.load_state_dict(run.best_weights)
-    runtime = Runtime.select(device=run.fit.runtime.device)  # as evaluate scores: its features are the ones compared
+    # as evaluate scores: its features are the ones compared
+    runtime = Runtime.select(device=run.fit.runtime.device).scaled(run.spec)
     runtime.prepare_model(model)
     store = SplitStore(store_dir, "train", run.spec.image_size, run.spec.preprocessing)
     density = training_density(model, store, store.labels, runtime, run.params.train.batch_size)
-    save_checkpoint(model_path, run.best_weights, run.spec, **best, ood=density.payload())
+    save_checkpoint(model_path, run.best_weights, run.spec, **best, **origin(run), ood=density.payload())
     run.say(
         f"train: feature density of {min(len(store), FIT_LIMIT)} training films ({density.layer}) kept with the model"
     )
@@ -267,7 +311,7 @@ def _train(params: Params, store_dir, model_path, last_path, live_dir, features_
                 best = {"epoch": epoch + 1, "val_f1": val.f1, "val_loss": val.loss, "val_accuracy": val.accuracy}
                 run.best_weights = {k: v.detach().cpu().clone() for k, v in scored_state(run).items()}
                 if dist.is_main:
-                    save_checkpoint(model_path, run.best_weights, run.spec, **best)
+                    save_checkpoint(model_path, run.best_weights, run.spec, **best, **origin(run))
             if dist.is_main:
                 save_training_state(last_path, run, epoch + 1, best, signature, read_curves(live_dir))
             if stalled(run, epoch, best):

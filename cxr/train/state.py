@@ -36,6 +36,7 @@ class Run:
     best_weights: dict | None = None  # CPU copy of the best epoch's weights, kept in the training state
     curves: dict[str, str] | None = None  # a resumed state's curve files (None: a state from before they were kept)
     environment: dict | None = None  # threads, torch, CPU, device (cxr.model.inference.pin_compute)
+    start: dict | None = None  # the weights file it started from and its sha256 (cxr.model.spec.starting_point)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

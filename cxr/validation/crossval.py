@@ -39,6 +39,7 @@ class Pool:
         self.files = [self.parts[k].files[i] for k, i in self.rows]
         self.labels = np.concatenate([part.labels for part in self.parts])
         self.sources = [self.parts[k].sources[i] for k, i in self.rows]
+        self.patients = [self.parts[k].patients[i] for k, i in self.rows]
 
     def strata(self) -> list[str]:
         first = self.labels.argmax(1) if self.multilabel else self.labels
@@ -140,9 +141,10 @@ def write_fold_store(pool: Pool, members: dict[str, list[int]], out_dir: Path) -
         for name, idx in members.items()
     }
     first = pool.parts[0]
-    sources = {name: [pool.sources[j] for j in idx] for name, idx in members.items()}
+    columns = {column: {name: [values[j] for j in idx] for name, idx in members.items()}
+               for column, values in (("sources", pool.sources), ("patients", pool.patients))}  # fmt: skip
     write_store(
-        out_dir, pool.image_size, pool.classes, pool.multilabel, splits, first.channels, first.preprocessing, sources
+        out_dir, pool.image_size, pool.classes, pool.multilabel, splits, first.channels, first.preprocessing, columns
     )
     return {name: len(idx) for name, idx in members.items()}
 

@@ -155,7 +155,7 @@ def validate_externally(
     results: dict = {}
     if sets:
         model, spec, payload = load_scorer(paths)
-        runtime = Runtime.select()
+        runtime = Runtime.select().scaled(spec)
         runtime.prepare_model(model)
         thresholds, tta = load_decision_thresholds(metrics, paths)
         if thresholds is None:

@@ -643,3 +643,53 @@ def test_each_public_layout_runs_through_dvc_exp_run(tmp_path, layout, task, ext
         assert "uncertain labels ignore" in out
     else:
         assert 0.0 <= summary["accuracy"] <= 1.0, summary
+
+
+def test_txrv_weights_run_through_dvc_exp_run_and_every_scorer_agrees(tmp_path, monkeypatch):
+    """Issue 32's must-show, offline: a file in torchxrayvision's format (the real DenseNet121, random weights) where
+    the package reads it, its sha256 pinned for the test only: `dvc exp run -S train.weights=txrv:...` trains,
+    evaluates and exports; predict, the page's service and the ONNX file give evaluate's probabilities within 1e-4."""
+    import csv
+
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from stages import serve
+    from tests.model.test_xray_weights import place_weights
+
+    home = tmp_path / "home"
+    place_weights(home)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("CXR_WEIGHTS_PINS", str(home / "pins.json"))
+    repo = make_repo(tmp_path / "repo", tiny_params_dict(epochs=1))
+    _, out = dvc(repo, "exp", "run", "-S", "train.weights=txrv:densenet121-res224-all")
+    assert "Running stage 'export'" in out and "train: densenet121 (weights=txrv:densenet121-res224-all" in out, out
+    assert "sha256 " in out and "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121" in out  # what it started from
+    with (repo / "metrics/predictions.csv").open() as f:
+        written = {row["path"]: float(row["p_infected"]) for row in csv.DictReader(f)}
+    assert json.loads((repo / "metrics/export.json").read_text())["onnx_max_abs_diff"] < 1e-4
+
+    out_csv = tmp_path / "predicted.csv"
+    run(repo, sys.executable, "-m", "stages.predict", "data/raw/test", "--out", str(out_csv))
+    with out_csv.open() as f:
+        predicted = {str(Path(r["path"]).relative_to("data/raw")): float(r["p_infected"]) for r in csv.DictReader(f)}
+    assert predicted.keys() == written.keys() and max(abs(predicted[k] - written[k]) for k in written) < 1e-4
+
+    monkeypatch.chdir(repo)
+    service = serve.build_service(serve.argparse_args(["--port", "0"]))
+    session = onnxruntime.InferenceSession(str(repo / "models/export/model.onnx"))
+    for name in sorted(written)[:4]:
+        film = repo / "data/raw" / name
+        answer = service.answer(film.name, film.read_bytes())
+        assert abs(answer["probabilities"]["infected"] - written[name]) < 1e-4, name
+        assert answer["model"]["arch"] == "densenet121"
+    from cxr.data.store import SplitStore
+    from cxr.model.checkpoint import load_checkpoint
+
+    model, spec, _ = load_checkpoint(repo / "models/model.pt")
+    test = SplitStore(repo / "data/decoded", "test", spec.image_size, spec.preprocessing)
+    rows = test[torch.arange(len(test))].numpy()
+    logits = session.run(None, {"pixels": rows.astype(np.float32)})[0]
+    onnx_probs = dict(zip(test.files, spec.probabilities(torch.from_numpy(logits))[:, 0].tolist(), strict=True))
+    assert max(abs(onnx_probs[f] - written[f]) for f in written) < 1e-4

@@ -75,7 +75,8 @@ def test_the_shared_real_set_is_separable_by_its_sources(tmp_path):
     assert found["balanced_accuracy"] > 0.8, found
     # the sources differ most in their original image size (Kermany's pediatric films are large)
     assert found["most_telling"] == "width", found["per_property"]
-    assert set(found["sources"]["normal"]) == {"lecuong1502/BTL_Machine_Learning"}
+    # every class now comes from two sources (the adult OpenIST normals joined the pediatric Kermany ones)
+    assert set(found["sources"]["normal"]) == {"lecuong1502/BTL_Machine_Learning", "pi-null-mezon/OpenIST"}
 
 
 def test_attribution_shares_of_grad_cam_maps():

@@ -15,7 +15,6 @@ of its state, from which the parameters and buffers are collected by their dotte
 from __future__ import annotations
 
 import collections
-import contextlib
 import copyreg
 import json
 import os
@@ -93,10 +92,8 @@ def fetch(name: str) -> Path:
     if path.is_file():
         return path
     try:
-        with contextlib.redirect_stdout(None):  # its "Downloading weights..." lines; ours follows
-            _package().models.get_weights(name)
+        _package().models.get_weights(name)  # prints where it downloads to and a progress bar; resumes a .part file
     except Exception as exc:  # noqa: BLE001 - offline, HTTP errors, a full disk: all end here, by name
-        Path(str(path) + ".part").unlink(missing_ok=True)
         raise XrayWeightsError(
             f"train.weights={XRV_PREFIX}{name}: the weights file {path.name} is not in torchxrayvision's cache "
             f"({path.parent}) and downloading it failed ({type(exc).__name__}: {exc}).\n"

@@ -214,3 +214,29 @@ def test_bad_txrv_names_are_refused_with_the_fix(value, message):
     with pytest.raises(ConfigError, match="train.weights") as info:
         parse_params(tiny_params_dict(weights=value))
     assert message in str(info.value)
+
+
+def test_a_connected_machine_gets_the_file_through_the_packages_own_download(home, tmp_path, monkeypatch):
+    """torchxrayvision's download, pointed at a local HTTP server holding a file the test built, fills its cache."""
+    import http.server
+    import threading
+    from functools import partial
+
+    served = tmp_path / "served"
+    built = place_weights(served)  # built under another HOME: its pin lands in served/pins.json
+    monkeypatch.setenv(PINS_ENV, str(served / "pins.json"))
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(built.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        entry = dict(xrv.models.model_urls[ALL], weights_url=f"http://127.0.0.1:{server.server_port}/{built.name}")
+        monkeypatch.setitem(xrv.models.model_urls, ALL, entry)
+        monkeypatch.setitem(xrv.models.model_urls, "all", entry)
+        target = weights_file(ALL)
+        assert not target.exists()
+        model, _, _ = initial_model(txrv_params(), ("infected", "normal"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert target.read_bytes() == built.read_bytes()
+    assert torch.equal(model.features.conv0.weight, torch.load(built, weights_only=False).features.conv0.weight)

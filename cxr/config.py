@@ -50,7 +50,15 @@ XRV_WEIGHTS = {
 }
 # Keys that change how a run executes, never its results: not params deps of any stage in dvc.yaml
 # (changing one reruns nothing; tests/test_dependencies.py checks it) nor part of a resumed run's signature.
-RUNTIME_KEYS = ("train.compile", "train.finite_check_every", "train.low_memory", "train.nproc", "train.resume")
+RUNTIME_KEYS = (
+    "train.compile",
+    "train.finite_check_every",
+    "train.low_memory",
+    "train.nproc",
+    "train.resume",
+    "pretrain.resume",
+)
+PRETRAINED = "pretrained"  # train.weights: the backbone stage pretrain wrote (models/pretrained.pt)
 
 # Radiograph-aware input steps (cxr/data/radiograph.py), each a choice of train.input.
 BORDERS = ("keep", "crop")
@@ -311,11 +319,11 @@ class TrainConfig(_Section):
                 names = ", ".join(XRV_WEIGHTS)
                 raise ValueError(f"{name!r} is not a torchxrayvision weights name; {hint}allowed: {names}")
             return value
-        if value in ("none", "imagenet") or value.endswith((".pt", ".pth", ".bin")):
+        if value in ("none", "imagenet", PRETRAINED) or value.endswith((".pt", ".pth", ".bin")):
             return value
         raise ValueError(
-            "must be 'none', 'imagenet', 'txrv:<name>' (chest X-ray weights, e.g. txrv:densenet121-res224-all) "
-            "or a path to a state-dict file ending in .pt/.pth/.bin"
+            "must be 'none', 'imagenet', 'txrv:<name>' (chest X-ray weights, e.g. txrv:densenet121-res224-all), "
+            "'pretrained' (stage pretrain's backbone) or a path to a state-dict file ending in .pt/.pth/.bin"
         )
 
     @property
@@ -325,6 +333,27 @@ class TrainConfig(_Section):
         if self.weights.startswith(XRV_PREFIX):
             return XRV_WEIGHTS[self.weights.removeprefix(XRV_PREFIX)][0]
         return self.arch
+
+
+class PretrainConfig(_Section):
+    method: Literal["none", "simclr"]
+    epochs: PositiveInt
+    batch_size: Annotated[int, Field(ge=4, le=65536)]  # a contrastive batch's other films are its negatives
+    lr: Annotated[float, Field(gt=0.0, le=10.0)]
+    temperature: Annotated[float, Field(gt=0.0, le=10.0)]
+    projection: Annotated[int, Field(ge=8, le=8192)]
+    views: AugmentConfig
+    folders: list[Annotated[str, Field(min_length=1)]]
+    resume: bool
+
+    @model_validator(mode="after")
+    def _views_differ(self):
+        if self.method != "none" and not (self.views.crop < 1 or self.views.rotate > 0 or self.views.hflip > 0):
+            raise ValueError(
+                "pretrain.views: two views of a film must differ in where they look: set views.crop below 1 "
+                "(e.g. 0.3), views.rotate or views.hflip"
+            )
+        return self
 
 
 class EvaluateConfig(_Section):
@@ -350,6 +379,7 @@ class Params(_Section):
     data: DataConfig
     verify: VerifyConfig
     decode: DecodeConfig
+    pretrain: PretrainConfig
     train: TrainConfig
     evaluate: EvaluateConfig
 
@@ -358,6 +388,11 @@ class Params(_Section):
         if self.data.task == "multilabel" and self.train.loss == "ce":
             raise ValueError(
                 "train.loss: 'ce' (softmax) gives one label per image; data.task 'multilabel' needs 'bce' or 'focal'"
+            )
+        if self.train.weights == PRETRAINED and self.pretrain.method == "none":
+            raise ValueError(
+                "train.weights: 'pretrained' starts from stage pretrain's backbone, but pretrain.method is 'none'; "
+                "set pretrain.method: simclr (or train.weights: none)"
             )
         if self.evaluate.ensemble == "folds" and self.data.folds == 0:
             raise ValueError("evaluate.ensemble: 'folds' averages the fold models of data.folds; set data.folds too")

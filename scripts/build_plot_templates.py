@@ -104,6 +104,38 @@ def html(vendor: Path) -> str:
     )
 
 
+def label_efficiency() -> dict:
+    """sweeps/label_efficiency.py's rows: test accuracy and macro F1 against the share of the training labels, one
+    line per starting point, each point with its 95 % interval as a vertical rule."""
+
+    def panel(y: str, low: str, high: str, title: str) -> dict:
+        x = {"field": "fraction", "type": "quantitative", "title": "share of the training labels",
+             "scale": {"type": "log"}, "axis": {"values": [0.1, 0.25, 0.5, 1], "format": "%"}}  # fmt: skip
+        colour = {"field": "start", "type": "nominal", "title": "start"}
+        return {
+            "width": 320,
+            "height": 260,
+            "layer": [
+                {"mark": {"type": "line", "point": True},
+                 "encoding": {"x": x, "y": {"field": y, "type": "quantitative", "title": title,
+                                            "scale": {"zero": False}}, "color": colour}},
+                {"mark": {"type": "rule", "strokeWidth": 2, "opacity": 0.6},
+                 "encoding": {"x": x, "y": {"field": low, "type": "quantitative"}, "y2": {"field": high},
+                              "color": colour}},
+            ],
+        }  # fmt: skip
+
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {"values": "<DVC_METRIC_DATA>"},
+        "title": "<DVC_METRIC_TITLE>",
+        "hconcat": [
+            panel("accuracy", "accuracy_lo", "accuracy_hi", "test accuracy (95% exact interval)"),
+            panel("f1_macro", "f1_macro_lo", "f1_macro_hi", "test macro F1 (95% bootstrap interval)"),
+        ],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -121,6 +153,7 @@ def main() -> None:
         "confusion_normalized_counts": counts_always(
             NormalizedConfusionTemplate.DEFAULT_CONTENT, "percent_of_y", ".2f"
         ),
+        "label_efficiency": label_efficiency(),
     }
     for name, content in templates.items():
         (OUT / f"{name}.json").write_text(json.dumps(content, indent=2) + "\n")

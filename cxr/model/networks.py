@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from torchvision.models import get_model
 
-from cxr.config import XRV_PREFIX
+from cxr.config import PRETRAINED, XRV_PREFIX
 from cxr.errors import ConfigError
 from cxr.model.architectures import FAMILY_OF_ARCH, Family, family_of, replace_module, submodule
-from cxr.model.weights import WeightsError, imagenet_state_dict, local_state_dict
+from cxr.model.weights import WeightsError, imagenet_state_dict, local_state_dict, pretrained_state_dict
 from cxr.model.xray_weights import xray_state_dict
 
 HEAD_ATTRIBUTE = "cxr_head"  # build_model records the head's dotted name under this attribute
@@ -124,6 +124,8 @@ def backbone(
     replaced = replaced_layer(family, keep_classifier)
     if weights == "imagenet":
         load_backbone_weights(model, imagenet_state_dict(arch), "imagenet", replaced)
+    elif weights == PRETRAINED:
+        load_backbone_weights(model, pretrained_state_dict(arch), weights, replaced)
     elif weights.startswith(XRV_PREFIX):
         state, _, _ = xray_state_dict(weights)
         load_backbone_weights(model, state, weights, replaced)

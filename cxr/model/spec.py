@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from cxr.checksums import sha256_of
-from cxr.config import XRV_PREFIX, Params
+from cxr.config import PRETRAINED, XRV_PREFIX, Params
 from cxr.data.radiograph import InputRecipe
 from cxr.model import decisions
 from cxr.model.inference import IMAGENET_MEAN, IMAGENET_STD
 from cxr.model.networks import add_head, backbone, freeze
 from cxr.model.xray_weights import XRV_MEAN, XRV_STD, weights_file, xrv_name
+from cxr.paths import PRETRAINED_PATH
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,12 @@ def starting_point(weights: str) -> dict:
     local file); {} for none and imagenet (torch.hub checks ImageNet files against their published hashes)."""
     if weights in ("none", "imagenet"):
         return {}
-    path = weights_file(xrv_name(weights)) if weights.startswith(XRV_PREFIX) else Path(weights)
+    if weights == PRETRAINED:
+        path = PRETRAINED_PATH
+    elif weights.startswith(XRV_PREFIX):
+        path = weights_file(xrv_name(weights))
+    else:
+        path = Path(weights)
     return {"weights": weights, "file": str(path), "sha256": sha256_of(path)}
 
 

@@ -8,6 +8,7 @@ import torch
 from torchvision.models import get_model_weights
 
 from cxr.errors import PipelineError
+from cxr.paths import PRETRAINED_PATH
 
 
 class WeightsError(PipelineError, RuntimeError):
@@ -61,3 +62,28 @@ def local_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise WeightsError(f"train.weights={path}: expected a mapping of parameter names to tensors")
     return loaded
+
+
+PRETRAINED_FORMAT = "cxr-pretrained/1"  # models/pretrained.pt as stage pretrain writes it (cxr/train/pretrain.py)
+
+
+def pretrained_state_dict(arch: str, path: Path | str = PRETRAINED_PATH) -> dict[str, torch.Tensor]:
+    """The backbone stage pretrain wrote (tensors only), for `train.weights: pretrained`; refused by name when
+    it is missing, holds no pretraining (pretrain.method none) or another network."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"train.weights=pretrained: {path} not found; run `dvc repro pretrain` first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"{path}: not a file stage pretrain wrote ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != PRETRAINED_FORMAT:
+        raise WeightsError(f"{path}: not a file stage pretrain wrote (format {PRETRAINED_FORMAT} expected)")
+    if payload.get("method") == "none":
+        raise WeightsError(f"train.weights=pretrained: {path} holds no backbone: set pretrain.method: simclr")
+    if payload.get("arch") != arch:
+        raise WeightsError(
+            f"train.weights=pretrained: {path} holds a pretrained {payload.get('arch')}, not {arch}; "
+            "`dvc repro` pretrains train.arch again"
+        )
+    return payload["backbone"]

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from cxr.atomic import write_json
-from cxr.data.fingerprints import read_file
-from cxr.data.near_duplicates import near_any
-from cxr.data.splits import SPLITS, DatasetError, scan_split
+from cxr.data.known_films import KnownFilms
+from cxr.data.splits import DatasetError, scan_split
 from cxr.evaluate.doubt import Abstention, Scorer, selective_scores
 from cxr.evaluate.log import PlotLog, plot_log
 from cxr.evaluate.predict import assess_files
@@ -48,42 +47,6 @@ def external_files(folder: Path, classes: tuple[str, ...], multilabel: bool):
 
 
 @dataclass(frozen=True)
-class TrainingImages:
-    """Fingerprints of every image in data/raw: pixel digests and perceptual hashes."""
-
-    digests: frozenset[str]
-    hashes: np.ndarray
-    thumbs: list  # each film's thumbnail, a near-duplicate candidate is confirmed on
-    near_bits: int
-    max_pixels: int
-
-    @classmethod
-    def read(cls, raw_dir: Path, near_bits: int, max_pixels: int) -> TrainingImages:
-        records = []
-        for split in SPLITS:
-            if (Path(raw_dir) / split).is_dir():
-                for path in sorted(p for p in (Path(raw_dir) / split).rglob("*") if p.is_file()):
-                    record = read_file(split, path, max_pixels)
-                    if not record.problem:
-                        records.append(record)
-        hashes = np.stack([r.dhash for r in records]) if records else np.zeros((0, 4), np.uint64)
-        return cls(frozenset(r.digest for r in records), hashes, [r.thumb for r in records], near_bits, max_pixels)
-
-    def repeated(self, files: list[Path]) -> list[bool]:
-        """Whether each file repeats a training image exactly (pixels) or nearly (perceptual hash within
-        near_bits, confirmed on thumbnails; 0 = exact copies only). Unreadable files are left to decoding."""
-        out = []
-        for path in files:
-            record = read_file("external", path, self.max_pixels)
-            if record.problem:
-                out.append(False)
-                continue
-            near = near_any(self.hashes, record.dhash, self.near_bits, self.thumbs, record.thumb)
-            out.append(record.digest in self.digests or near)
-        return out
-
-
-@dataclass(frozen=True)
 class Scoring:
     """How every external set is scored: evaluate's thresholds, test-time augmentation and abstention
     rule (fitted for this checkpoint), evaluate.batch_size, and the device (in `scorer`)."""
@@ -93,7 +56,7 @@ class Scoring:
     rule: Abstention | None
 
 
-def score_set(name: str, folder: Path, scoring: Scoring, training: TrainingImages, log: PlotLog) -> dict:
+def score_set(name: str, folder: Path, scoring: Scoring, training: KnownFilms, log: PlotLog) -> dict:
     """Scores of one external set, with its confusion matrix and ROC curves logged to `log`, and how
     many of its films the abstention rule flags, with the accuracy on the films answered."""
     spec = scoring.scorer.spec
@@ -164,7 +127,7 @@ def validate_externally(
         densities = payload["densities"]
         scorer = Scorer(model, spec, densities, params.evaluate.batch_size, tta, runtime, params.verify.max_pixels)
         scoring = Scoring(thresholds, scorer, load_abstention(metrics, paths))
-        training = TrainingImages.read(raw_dir, params.verify.near_duplicate_bits, params.verify.max_pixels)
+        training = KnownFilms.read(raw_dir, params.verify.near_duplicate_bits, params.verify.max_pixels)
         with plot_log(live_dir) as log:
             for name, folder in sets.items():
                 results[name] = score_set(name, Path(folder), scoring, training, log)

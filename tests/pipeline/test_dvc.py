@@ -693,3 +693,30 @@ def test_txrv_weights_run_through_dvc_exp_run_and_every_scorer_agrees(tmp_path, 
     logits = session.run(None, {"pixels": rows.astype(np.float32)})[0]
     onnx_probs = dict(zip(test.files, spec.probabilities(torch.from_numpy(logits))[:, 0].tolist(), strict=True))
     assert max(abs(onnx_probs[f] - written[f]) for f in written) < 1e-4
+
+
+def test_pretraining_runs_through_dvc_exp_run_and_train_starts_from_it(tmp_path):
+    """Issue 32's must-show: `dvc exp run -S pretrain.method=simclr -S train.weights=pretrained` runs pretrain, then
+    train from it (the log and the checkpoint name its sha256); a second `dvc repro` runs nothing; `-S train.lr`
+    reruns train, not pretrain; a pretrain.folders entry holding a copy of a test film is refused naming it."""
+    repo = make_repo(tmp_path / "repo", tiny_params_dict(epochs=1))
+    sets = ["pretrain.method=simclr", "train.weights=pretrained", "pretrain.epochs=2", "pretrain.batch_size=8"]
+    _, out = dvc(repo, "exp", "run", *(a for s in sets for a in ("-S", s)))
+    assert out.index("Running stage 'pretrain'") < out.index("Running stage 'train'"), out
+    digest = json.loads((repo / "metrics/pretrain.json").read_text())["sha256"]
+    assert f"started from models/pretrained.pt (sha256 {digest})" in out
+    import torch
+
+    assert torch.load(repo / "models/model.pt", weights_only=True)["start"]["sha256"] == digest
+    assert (repo / "metrics/pretrain/plots/metrics/loss.tsv").read_text().count("\n") == 3
+    _, again = dvc(repo, "repro")
+    assert "Running stage" not in again, again
+    _, lr = dvc(repo, "exp", "run", "-S", "train.lr=0.001")
+    assert "Running stage 'train'" in lr and "Running stage 'pretrain'" not in lr, lr
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    test_film = sorted((repo / "data/raw/test").rglob("*.png"))[0]
+    shutil.copy(test_film, archive / "unlabelled-0001.png")
+    code, refused = dvc(repo, "exp", "run", "-S", f"pretrain.folders=[{archive}]", check=False)
+    assert code != 0 and "repeat a val or test film" in refused and str(archive / "unlabelled-0001.png") in refused

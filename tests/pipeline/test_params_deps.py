@@ -12,6 +12,7 @@ import stages.download
 from cxr.config import RUNTIME_KEYS, parse_params
 from cxr.evaluate.run import evaluate
 from cxr.train.features import cache_features
+from cxr.train.pretrain import pretrain
 from cxr.train.run import train
 from stages.decode import decode
 from stages.verify import verify
@@ -59,7 +60,9 @@ def _unlisted(stage: str, keys: set[str]) -> list[str]:
 
 def test_every_stage_lists_the_params_it_reads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = parse_params(tiny_params_dict(epochs=1))
+    raw_params = tiny_params_dict(epochs=1)
+    raw_params["pretrain"].update(method="simclr", epochs=1, batch_size=8)  # so that pretrain reads all it may
+    params = parse_params(raw_params)
     reads = Reads(params, monkeypatch)
     monkeypatch.setattr(stages.download, "load_params", lambda: params)
     raw, decoded, features = tmp_path / "data/raw", tmp_path / "data/decoded", tmp_path / "data/features"
@@ -68,6 +71,8 @@ def test_every_stage_lists_the_params_it_reads(tmp_path, monkeypatch):
         "download": lambda: stages.download.main.__wrapped__(),
         "verify": lambda: verify(params, raw, metrics / "data.json", metrics / "data_report.md"),
         "decode": lambda: decode(params, raw, decoded, metrics / "data.json"),
+        "pretrain": lambda: pretrain(params, decoded, raw, tmp_path / "models/pretrained.pt",
+                                     tmp_path / "models/.last", metrics / "pretrain", metrics / "pretrain.json"),
         "features": lambda: cache_features(params, decoded, features),
         "train": lambda: train(params, decoded, model, tmp_path / "models/last.pt", metrics / "train", features),
         "evaluate": lambda: evaluate(

@@ -55,3 +55,32 @@ def test_every_grid_run_composes_the_same_through_hydra(tmp_path, monkeypatch, d
         out = tmp_path / f"{name}.yaml"
         compose_and_dump(out, str(REPO / "conf"), None, "config", str(REPO), overrides)
         assert load_params(out) == wanted, name
+
+
+@pytest.mark.parametrize("demo", [False, True])
+@pytest.mark.parametrize("with_txrv", [False, True])
+def test_every_label_efficiency_run_validates(demo, with_txrv):
+    from sweeps.label_efficiency import FRACTIONS, runs
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    planned = runs(with_txrv)
+    assert len({name for name, _ in planned}) == len(planned) == 4 * (3 if with_txrv else 2)
+    for name, overrides in planned:
+        params = parse_params(apply_overrides(base, overrides + (DEMO_OVERRIDES if demo else [])))
+        assert params.data.label_fraction in FRACTIONS and name.endswith(f"-{round(params.data.label_fraction * 100)}")
+        starting = {"le-scratch": "none", "le-pretrained": "pretrained", "le-txrv": "txrv:densenet121-res224-all"}
+        assert params.train.weights == starting[name.rsplit("-", 1)[0]]
+        assert (params.pretrain.method == "simclr") == (params.train.weights == "pretrained")
+
+
+def test_label_efficiency_scores_carry_their_intervals():
+    from cxr.evaluate.screening import exact_interval
+    from sweeps.label_efficiency import scored
+
+    true = ["covid"] * 30 + ["normal"] * 70
+    predicted = ["covid"] * 24 + ["normal"] * 6 + ["normal"] * 63 + ["covid"] * 7
+    result = scored(true, predicted)
+    assert result["n"] == 100 and result["accuracy"] == 0.87
+    assert [result["accuracy_lo"], result["accuracy_hi"]] == exact_interval(87, 100)
+    assert result["f1_macro_lo"] < result["f1_macro"] < result["f1_macro_hi"]
+    assert scored(true, predicted) == result  # seeded

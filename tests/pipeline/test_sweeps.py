@@ -60,13 +60,13 @@ def test_every_grid_run_composes_the_same_through_hydra(tmp_path, monkeypatch, d
 @pytest.mark.parametrize("demo", [False, True])
 @pytest.mark.parametrize("with_txrv", [False, True])
 def test_every_label_efficiency_run_validates(demo, with_txrv):
-    from sweeps.label_efficiency import FRACTIONS, runs
+    from sweeps.label_efficiency import DEMO, FRACTIONS, runs
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     planned = runs(with_txrv)
     assert len({name for name, _ in planned}) == len(planned) == 4 * (3 if with_txrv else 2)
     for name, overrides in planned:
-        params = parse_params(apply_overrides(base, overrides + (DEMO_OVERRIDES if demo else [])))
+        params = parse_params(apply_overrides(base, overrides + (DEMO if demo else [])))
         assert params.data.label_fraction in FRACTIONS and name.endswith(f"-{round(params.data.label_fraction * 100)}")
         starting = {"le-scratch": "none", "le-pretrained": "pretrained", "le-txrv": "txrv:densenet121-res224-all"}
         assert params.train.weights == starting[name.rsplit("-", 1)[0]]

@@ -394,6 +394,13 @@ class Params(_Section):
                 "train.weights: 'pretrained' starts from stage pretrain's backbone, but pretrain.method is 'none'; "
                 "set pretrain.method: simclr (or train.weights: none)"
             )
+        if self.train.weights == PRETRAINED and self.data.folds != 0:
+            raise ValueError(
+                "train.weights: 'pretrained' with data.folds: stage pretrain learns from the train split's films, and "
+                "cross-validation's test folds are drawn from them too (leave-one-source-out: every source's), so a "
+                "fold would be scored on films its backbone pretrained on; per-fold pretraining is not built yet: "
+                "set data.folds: 0 (or train.weights: none)"
+            )
         if self.evaluate.ensemble == "folds" and self.data.folds == 0:
             raise ValueError("evaluate.ensemble: 'folds' averages the fold models of data.folds; set data.folds too")
         return self

@@ -141,6 +141,8 @@ def test_method_none_writes_a_file_without_a_backbone(tmp_path):
         ({"pretrain": {"temperature": 0}}, "pretrain.temperature"),
         ({"pretrain": {"method": "simclr", "views": {"crop": 1.0, "rotate": 0.0, "hflip": 0.0}}}, "must differ"),
         ({"pretrain": {"folders": [""]}}, "pretrain.folders"),
+        ({"pretrain": {"method": "simclr"}, "train": {"weights": "pretrained"}, "data": {"folds": "source"}},
+         "per-fold pretraining is not built yet"),
     ],
 )
 def test_bad_pretrain_values_are_refused_by_name(change, message):

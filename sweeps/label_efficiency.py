@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         sys.exit("sweeps.label_efficiency: no finished le-* experiment to collect; run the queue first")
     write_json(OUT, rows)
+    PLOT_DIR.parent.mkdir(parents=True, exist_ok=True)  # dvc plots show -o makes the last folder only
     dvc("plots", "show", str(OUT), "--template", "label_efficiency", "-o", str(PLOT_DIR),
         "--title", "label efficiency: test scores by share of the training labels")  # fmt: skip
     print(json.dumps(rows, indent=1))

@@ -26,7 +26,7 @@ from cxr.paths import DECODED_DIR, FEATURES_DIR, LAST_PATH, MODEL_PATH, TRAIN_LI
 from cxr.progress import progress
 from cxr.train.augment import augment_batch, is_active
 from cxr.train.averaging import WeightAverage
-from cxr.train.distributed import Distributed
+from cxr.train.distributed import Distributed, Rows
 from cxr.train.exclusive import training_lock
 from cxr.train.features import cache_applies, load_features
 from cxr.train.log import RunLog, read_curves, run_log
@@ -66,19 +66,6 @@ def _inputs(
     prepare = (lambda batch: augment(runtime.unit(batch))) if is_active(cfg.augment) else runtime.to_device
     data = {name: (stores[name], labels[name]) for name in stores}
     return data, prepare, f"full forward pass per batch ({why})"
-
-
-class Rows:
-    """Some rows of a store, indexed as the store is (`rows[idx]`): data.label_fraction's training films."""
-
-    def __init__(self, inputs, rows: torch.Tensor):
-        self.inputs, self.rows = inputs, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, idx):
-        return self.inputs[self.rows[idx]]
 
 
 def labelled_share(params: Params, train_store: SplitStore, data: dict) -> tuple[list[int] | None, str]:
